@@ -1,0 +1,552 @@
+//! Configuration: the one place where every limit, timeout and setting has a name, a unit and a default.
+//!
+//! Precedence is command line > environment (`SHARDPAY_<SECTION>_<KEY>`) > file > built-in defaults.
+//! Loading never panics: every bad value becomes a [`ConfigError`] naming the key, which the binary
+//! prints on one line before exiting with status 2. This module must never start anything.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Every setting of a shardpay process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listeners, shards and shutdown.
+    pub server: ServerConfig,
+    /// Size limits on what a client may send.
+    pub limits: LimitsConfig,
+    /// Deadlines on client I/O.
+    pub timeouts: TimeoutsConfig,
+    /// The shard-to-shard mesh.
+    pub mesh: MeshConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`: listeners, shards and shutdown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Public address every shard binds with SO_REUSEPORT.
+    pub listen: String,
+    /// First shard-aware port: shard `i` also listens on `shard_port_base + i` on the listen address's IP.
+    pub shard_port_base: u16,
+    /// Number of shards; 0 means one per CPU in `cpus` (or per online CPU when `cpus` is empty).
+    pub shards: usize,
+    /// CPUs to pin shards to, e.g. `"0-3,6"`; shard `i` runs on the `i`-th CPU of the list. Empty: all online CPUs.
+    pub cpus: String,
+    /// Name of this node in `/v1/cluster`; empty means the host name.
+    pub node_id: String,
+    /// Listen backlog of every listener.
+    pub backlog: u32,
+    /// Longest time a graceful shutdown waits for in-flight requests before exiting.
+    pub drain_timeout_ms: u64,
+    /// Memory each shard's io_uring registers for I/O buffers (locked memory is often capped at 8 MiB per user).
+    pub io_memory_bytes: usize,
+}
+
+/// `[limits]`: size limits on what a client may send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest request line (method, target, version); longer is 414.
+    pub request_line_bytes_max: usize,
+    /// Largest request head (request line and headers); larger is 431.
+    pub header_bytes_max: usize,
+    /// Most header fields in one request; more is 431.
+    pub header_count_max: usize,
+    /// Largest request body, declared or chunked; larger is 413, refused before the body is read.
+    pub body_bytes_max: usize,
+    /// Largest chunked trailer section.
+    pub trailer_bytes_max: usize,
+    /// Most open connections per shard; further connections are accepted and closed at once.
+    pub connections_per_shard_max: usize,
+    /// Response bytes buffered for one connection before they are written, even mid-pipeline.
+    pub response_buffer_bytes_max: usize,
+}
+
+/// `[timeouts]`: deadlines on client I/O.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// Time a client has to send a whole request head, from its first byte (or from connect); then 408 and close.
+    pub header_read_timeout_ms: u64,
+    /// Time a keep-alive connection may stay idle between requests before it is closed.
+    pub idle_timeout_ms: u64,
+    /// Longest wait for the next bytes of a request body; then 408 and close.
+    pub body_read_timeout_ms: u64,
+    /// Longest wait for a client to accept response bytes; then the connection is closed.
+    pub write_timeout_ms: u64,
+    /// After an error response that closes the connection, how long unread input is drained so the
+    /// client can read the response instead of getting a reset.
+    pub linger_timeout_ms: u64,
+}
+
+/// `[mesh]`: the shard-to-shard channels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Capacity of each directed shard-to-shard queue; a full queue makes the sender wait (backpressure).
+    pub queue_depth: usize,
+    /// Longest time a request waits for another shard's reply before it fails with 503.
+    pub reply_timeout_ms: u64,
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a `tracing` filter; `RUST_LOG` overrides it.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            limits: LimitsConfig::default(),
+            timeouts: TimeoutsConfig::default(),
+            mesh: MeshConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".to_string(),
+            shard_port_base: 7100,
+            shards: 0,
+            cpus: String::new(),
+            node_id: String::new(),
+            backlog: 1024,
+            drain_timeout_ms: 10_000,
+            io_memory_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            request_line_bytes_max: 8 * 1024,
+            header_bytes_max: 16 * 1024,
+            header_count_max: 64,
+            body_bytes_max: 1024 * 1024,
+            trailer_bytes_max: 4 * 1024,
+            connections_per_shard_max: 10_000,
+            response_buffer_bytes_max: 256 * 1024,
+        }
+    }
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            body_read_timeout_ms: 30_000,
+            write_timeout_ms: 30_000,
+            linger_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            queue_depth: 1024,
+            reply_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_string(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Compile-time ceiling of `limits.header_count_max`: the parser's header array has this many slots.
+pub const HEADER_COUNT_LIMIT: usize = 256;
+/// Most shards one process runs.
+pub const SHARD_COUNT_LIMIT: usize = 1024;
+
+/// A configuration that cannot be used, naming the key (`section.key`) at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `section.key` of the bad setting, or the file for errors that are about the whole file.
+    pub key: String,
+    /// What is wrong, in one sentence.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn error(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Settings given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen`
+    pub listen: Option<String>,
+    /// `--shards`
+    pub shards: Option<usize>,
+    /// `--cpus`
+    pub cpus: Option<String>,
+    /// `--shard-port-base`
+    pub shard_port_base: Option<u16>,
+}
+
+/// Prefix of every environment variable that sets a key.
+pub const ENV_PREFIX: &str = "SHARDPAY_";
+
+impl Config {
+    /// Builds the configuration from defaults, an optional TOML file, the given environment
+    /// variables (name, value) and the command line, in increasing precedence, and validates it.
+    pub fn load(
+        file: Option<&Path>,
+        environment: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|err| {
+                    error(
+                        &path.display().to_string(),
+                        format!("cannot read the file: {err}"),
+                    )
+                })?;
+                let value: toml::Table = toml::from_str(&text).map_err(|err| {
+                    let detail = err.message().to_string();
+                    error(&path.display().to_string(), format!("not valid TOML: {detail}"))
+                })?;
+                value
+            }
+            None => toml::Table::new(),
+        };
+        apply_environment(&mut table, environment)?;
+        apply_overrides(&mut table, overrides);
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
+            let key = err.path().to_string();
+            let inner = err.into_inner().message().to_string();
+            error(&key, inner)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the relations between values that their types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let server = &self.server;
+        server.listen.parse::<SocketAddr>().map_err(|_| {
+            error(
+                "server.listen",
+                format!("expected IP:PORT, got {:?}", server.listen),
+            )
+        })?;
+        if server.shards > SHARD_COUNT_LIMIT {
+            return Err(error("server.shards", format!("at most {SHARD_COUNT_LIMIT}")));
+        }
+        parse_cpu_list(&server.cpus).map_err(|message| error("server.cpus", message))?;
+        if server.shard_port_base == 0 {
+            return Err(error("server.shard_port_base", "must be a port number from 1"));
+        }
+        if server.backlog == 0 {
+            return Err(error("server.backlog", "must be at least 1"));
+        }
+        if server.io_memory_bytes < 64 * 1024 {
+            return Err(error("server.io_memory_bytes", "must be at least 65536"));
+        }
+        let limits = &self.limits;
+        positive(
+            "limits.request_line_bytes_max",
+            limits.request_line_bytes_max as u64,
+        )?;
+        if limits.header_bytes_max < limits.request_line_bytes_max {
+            return Err(error(
+                "limits.header_bytes_max",
+                "must be at least limits.request_line_bytes_max",
+            ));
+        }
+        if limits.header_count_max == 0 || limits.header_count_max > HEADER_COUNT_LIMIT {
+            return Err(error(
+                "limits.header_count_max",
+                format!("must be from 1 to {HEADER_COUNT_LIMIT}"),
+            ));
+        }
+        positive(
+            "limits.connections_per_shard_max",
+            limits.connections_per_shard_max as u64,
+        )?;
+        if limits.response_buffer_bytes_max < 4096 {
+            return Err(error("limits.response_buffer_bytes_max", "must be at least 4096"));
+        }
+        let timeouts = &self.timeouts;
+        positive("timeouts.header_read_timeout_ms", timeouts.header_read_timeout_ms)?;
+        positive("timeouts.idle_timeout_ms", timeouts.idle_timeout_ms)?;
+        positive("timeouts.body_read_timeout_ms", timeouts.body_read_timeout_ms)?;
+        positive("timeouts.write_timeout_ms", timeouts.write_timeout_ms)?;
+        positive("mesh.queue_depth", self.mesh.queue_depth as u64)?;
+        positive("mesh.reply_timeout_ms", self.mesh.reply_timeout_ms)?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|err| error("log.level", format!("not a valid filter: {err}")))?;
+        Ok(())
+    }
+
+    /// The public listen address (validated).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server
+            .listen
+            .parse()
+            .expect("server.listen is validated at load")
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(error(key, "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Applies `SHARDPAY_<SECTION>_<KEY>` variables. Names are derived from the defaults, so every key
+/// has one; an unknown `SHARDPAY_` variable is an error rather than a silently ignored typo.
+fn apply_environment(
+    table: &mut toml::Table,
+    environment: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+    for (name, raw) in environment {
+        let Some(suffix) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let mut found = None;
+        for (section, keys) in &defaults {
+            let Some(keys) = keys.as_table() else { continue };
+            for (key, default) in keys {
+                if suffix.eq_ignore_ascii_case(&format!("{section}_{key}")) {
+                    found = Some((section.clone(), key.clone(), default.clone()));
+                }
+            }
+        }
+        let Some((section, key, default)) = found else {
+            return Err(error(
+                &name,
+                "unknown environment variable (no such configuration key)",
+            ));
+        };
+        let value = match default {
+            toml::Value::Integer(_) => raw.trim().parse::<i64>().map(toml::Value::Integer).map_err(|_| {
+                error(
+                    &format!("{section}.{key}"),
+                    format!("expected an integer, got {raw:?} (from {name})"),
+                )
+            })?,
+            toml::Value::Boolean(_) => {
+                raw.trim()
+                    .parse::<bool>()
+                    .map(toml::Value::Boolean)
+                    .map_err(|_| {
+                        error(
+                            &format!("{section}.{key}"),
+                            format!("expected true or false, got {raw:?} (from {name})"),
+                        )
+                    })?
+            }
+            _ => toml::Value::String(raw),
+        };
+        section_table(table, &section)?.insert(key, value);
+    }
+    Ok(())
+}
+
+fn apply_overrides(table: &mut toml::Table, overrides: &Overrides) {
+    let server = section_table(table, "server").expect("server is a table or absent");
+    if let Some(listen) = &overrides.listen {
+        server.insert("listen".into(), toml::Value::String(listen.clone()));
+    }
+    if let Some(shards) = overrides.shards {
+        server.insert("shards".into(), toml::Value::Integer(shards as i64));
+    }
+    if let Some(cpus) = &overrides.cpus {
+        server.insert("cpus".into(), toml::Value::String(cpus.clone()));
+    }
+    if let Some(port) = overrides.shard_port_base {
+        server.insert("shard_port_base".into(), toml::Value::Integer(i64::from(port)));
+    }
+}
+
+fn section_table<'t>(table: &'t mut toml::Table, section: &str) -> Result<&'t mut toml::Table, ConfigError> {
+    let entry = table
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    entry
+        .as_table_mut()
+        .ok_or_else(|| error(section, "expected a table"))
+}
+
+/// Parses a CPU list such as `"0-3,6"` into CPU numbers in the given order, without duplicates.
+pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(cpus);
+    }
+    for part in text.split(',') {
+        let part = part.trim();
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (parse_cpu(a)?, parse_cpu(b)?),
+            None => {
+                let cpu = parse_cpu(part)?;
+                (cpu, cpu)
+            }
+        };
+        if first > last {
+            return Err(format!("range {part:?} runs backwards"));
+        }
+        for cpu in first..=last {
+            if cpus.contains(&cpu) {
+                return Err(format!("CPU {cpu} is listed twice"));
+            }
+            cpus.push(cpu);
+        }
+    }
+    Ok(cpus)
+}
+
+fn parse_cpu(text: &str) -> Result<usize, String> {
+    let cpu: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a CPU list such as \"0-3,6\", got {text:?}"))?;
+    if cpu >= 4096 {
+        return Err(format!("CPU {cpu} is out of range"));
+    }
+    Ok(cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn precedence_is_cli_then_environment_then_file() {
+        let dir = std::env::temp_dir().join(format!("shardpay-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a.toml");
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"127.0.0.1:1\"\nshards = 3\ncpus = \"0\"\n[limits]\nbody_bytes_max = 5\n",
+        )
+        .unwrap();
+        let environment = env(&[
+            ("SHARDPAY_SERVER_SHARDS", "2"),
+            ("SHARDPAY_SERVER_CPUS", "1"),
+            ("PATH", "/bin"),
+        ]);
+        let overrides = Overrides {
+            shards: Some(1),
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(&file), environment, &overrides).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:1"); // file
+        assert_eq!(config.limits.body_bytes_max, 5); // file
+        assert_eq!(config.server.cpus, "1"); // environment over file
+        assert_eq!(config.server.shards, 1); // command line over environment
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = Config::load(
+            None,
+            env(&[("SHARDPAY_LIMITS_BODY_BYTES_MAX", "lots")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "limits.body_bytes_max");
+        let err = Config::load(None, env(&[("SHARDPAY_NOPE", "1")]), &Overrides::default()).unwrap_err();
+        assert_eq!(err.key, "SHARDPAY_NOPE");
+        let overrides = Overrides {
+            listen: Some("nowhere".into()),
+            ..Overrides::default()
+        };
+        let err = Config::load(None, env(&[]), &overrides).unwrap_err();
+        assert_eq!(err.key, "server.listen");
+        let err = Config::load(
+            None,
+            env(&[("SHARDPAY_LIMITS_HEADER_COUNT_MAX", "0")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "limits.header_count_max");
+    }
+
+    #[test]
+    fn file_errors_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("shardpay-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "[limits]\nbody_bytes_max = \"big\"\n").unwrap();
+        let err = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+        assert_eq!(err.key, "limits.body_bytes_max");
+        std::fs::write(&file, "[limits]\nbody_byte_max = 1\n").unwrap();
+        let err = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.key.starts_with("limits"), "{err}");
+        assert!(err.message.contains("body_byte_max"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-2,5").unwrap(), vec![0, 1, 2, 5]);
+        assert_eq!(parse_cpu_list("").unwrap(), Vec::<usize>::new());
+        assert!(parse_cpu_list("1,1").is_err());
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("a").is_err());
+    }
+}

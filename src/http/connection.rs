@@ -1,0 +1,414 @@
+//! The per-connection driver: read, parse every complete request in the buffer, hand each to the
+//! [`Handler`], encode all responses of one read into one buffer, write once (pipelining, in
+//! order), and enforce the deadlines and size limits of [`Settings`].
+//!
+//! It is generic over a [`Transport`] (bytes in and out with deadlines) and a [`Control`] (drain
+//! state and observations), so it never touches a socket or a runtime and can be driven from
+//! memory in tests. A request the codec refuses gets its error response and closes the connection.
+
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::time::{Duration, Instant};
+
+use super::chunked::{ChunkedDecoder, ChunkedError};
+use super::parse::{parse_head, Framing, HeadLimits, Method};
+use super::{Handler, Request, RequestError, Response};
+use crate::config::{Config, HEADER_COUNT_LIMIT};
+
+/// Bytes each connection's read buffer starts with; it grows up to the head and body limits.
+pub const READ_BUFFER_BYTES_INITIAL: usize = 4096;
+/// Most bytes read and thrown away while lingering before a close.
+const LINGER_BYTES_MAX: usize = 1 << 20;
+/// The interim response to `Expect: 100-continue` (RFC 9110 §10.1.1).
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// A byte stream with deadlines; implemented over sockets by `net`.
+pub trait Transport {
+    /// Reads some bytes; `Ok(0)` at end of stream; an error of kind `TimedOut` after `timeout`.
+    fn read(&mut self, buffer: &mut [u8], timeout: Duration) -> impl Future<Output = io::Result<usize>>;
+    /// Writes all of `bytes`.
+    fn write_all(&mut self, bytes: &[u8]) -> impl Future<Output = io::Result<()>>;
+    /// Half-closes the write side, so the peer sees the end of the responses.
+    fn shutdown_write(&mut self);
+}
+
+/// What the driver tells its shard and asks of it.
+pub trait Control {
+    /// The shard is shutting down: finish the current requests and close.
+    fn draining(&self) -> bool;
+    /// The connection waits for a new request (true) or is busy with one (false).
+    fn set_idle(&self, idle: bool);
+    /// `requests` responses were written after `elapsed` since their bytes were read.
+    fn observe_batch(&self, requests: usize, elapsed: Duration);
+    /// The codec refused a request.
+    fn observe_rejection(&self, error: RequestError);
+}
+
+/// The limits and deadlines the driver enforces, taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Head size limits.
+    pub head: HeadLimits,
+    /// Most header fields.
+    pub header_count_max: usize,
+    /// Largest body.
+    pub body_bytes_max: usize,
+    /// Largest chunked trailer section.
+    pub trailer_bytes_max: usize,
+    /// Output buffered before a write even mid-pipeline.
+    pub response_buffer_bytes_max: usize,
+    /// Time to receive a whole head.
+    pub header_read_timeout: Duration,
+    /// Time a connection may idle between requests.
+    pub idle_timeout: Duration,
+    /// Longest wait for more body bytes.
+    pub body_read_timeout: Duration,
+    /// How long unread input is drained before closing after an error.
+    pub linger_timeout: Duration,
+}
+
+impl Settings {
+    /// The driver's settings from the configuration.
+    pub fn from_config(config: &Config) -> Settings {
+        let limits = &config.limits;
+        let timeouts = &config.timeouts;
+        Settings {
+            head: HeadLimits {
+                request_line_bytes_max: limits.request_line_bytes_max,
+                header_bytes_max: limits.header_bytes_max,
+            },
+            header_count_max: limits.header_count_max.min(HEADER_COUNT_LIMIT),
+            body_bytes_max: limits.body_bytes_max,
+            trailer_bytes_max: limits.trailer_bytes_max,
+            response_buffer_bytes_max: limits.response_buffer_bytes_max,
+            header_read_timeout: Duration::from_millis(timeouts.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(timeouts.idle_timeout_ms),
+            body_read_timeout: Duration::from_millis(timeouts.body_read_timeout_ms),
+            linger_timeout: Duration::from_millis(timeouts.linger_timeout_ms),
+        }
+    }
+}
+
+/// The connection's read buffer: bytes live in `data[start..end]`; it compacts before it grows.
+struct ReadBuffer {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuffer {
+    fn new() -> Self {
+        ReadBuffer {
+            data: vec![0; READ_BUFFER_BYTES_INITIAL],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn consume(&mut self, count: usize) {
+        debug_assert!(count <= self.end - self.start);
+        self.start += count;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.data.len() > 4 * READ_BUFFER_BYTES_INITIAL {
+                // A large body grew the buffer; do not keep that memory for an idle connection.
+                self.data = vec![0; READ_BUFFER_BYTES_INITIAL];
+            }
+        }
+    }
+
+    /// Removes `count` bytes at `offset` (relative to the unread bytes), moving the rest down.
+    fn remove(&mut self, offset: usize, count: usize) {
+        let from = self.start + offset;
+        self.data.copy_within(from + count..self.end, from);
+        self.end -= count;
+    }
+
+    /// Free space to read into, making room for `wanted` unread bytes in all (at least one more).
+    fn spare(&mut self, wanted: usize) -> &mut [u8] {
+        let unread = self.end - self.start;
+        if self.end == self.data.len() && self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.start = 0;
+            self.end = unread;
+        }
+        if self.end == self.data.len() {
+            let grown = wanted.max(unread + 1).max(self.data.len() * 2);
+            self.data.resize(grown, 0);
+        }
+        &mut self.data[self.end..]
+    }
+
+    fn filled(&mut self, count: usize) {
+        self.end += count;
+    }
+}
+
+/// What the connection needs before it can go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Nothing buffered: the start of the next request.
+    Idle,
+    /// Part of a head.
+    Head,
+    /// Part of a body; at most this many bytes buffered in all are needed.
+    Body(usize),
+}
+
+/// How a batch of requests ended.
+enum Next {
+    Read(Wait),
+    Close { linger: bool },
+}
+
+/// Serves one connection until the client closes it, a deadline passes, a request is refused,
+/// or the shard drains. Errors of the transport end the connection silently.
+pub async fn serve<T: Transport, H: Handler, C: Control>(
+    transport: &mut T,
+    handler: &H,
+    control: &C,
+    settings: &Settings,
+) {
+    let mut input = ReadBuffer::new();
+    let mut output: Vec<u8> = Vec::with_capacity(READ_BUFFER_BYTES_INITIAL);
+    let mut body: Vec<u8> = Vec::new();
+    let mut chunked: Option<ChunkedDecoder> = None;
+    let mut continue_sent = false;
+    // The header deadline of the first request runs from the connection's start.
+    let mut head_started = Instant::now();
+    let mut batch_started = head_started;
+    loop {
+        let mut served = 0usize;
+        let next = loop {
+            if input.is_empty() {
+                break Next::Read(Wait::Idle);
+            }
+            if output.len() >= settings.response_buffer_bytes_max {
+                // A deep pipeline: write what is ready rather than buffer without bound.
+                if transport.write_all(&output).await.is_err() {
+                    return;
+                }
+                output.clear();
+            }
+            control.set_idle(false);
+            let mut headers = [const { MaybeUninit::uninit() }; HEADER_COUNT_LIMIT];
+            let bytes = input.bytes();
+            let head = match parse_head(bytes, &mut headers[..settings.header_count_max], settings.head) {
+                Ok(Some(head)) => head,
+                Ok(None) => break Next::Read(Wait::Head),
+                Err(error) => {
+                    reject(handler, control, error, None, &mut output);
+                    break Next::Close { linger: true };
+                }
+            };
+            let request_id = head
+                .headers
+                .iter()
+                .find(|header| header.name.eq_ignore_ascii_case("x-request-id"))
+                .map(|header| header.value);
+            let (request_body, consumed) = match head.framing {
+                Framing::Empty => (&[][..], head.length),
+                Framing::Length(length) => {
+                    if length > settings.body_bytes_max as u64 {
+                        reject(
+                            handler,
+                            control,
+                            RequestError::BodyTooLarge,
+                            request_id,
+                            &mut output,
+                        );
+                        break Next::Close { linger: true };
+                    }
+                    let end = head.length + length as usize;
+                    if bytes.len() < end {
+                        if head.expect_continue && !continue_sent {
+                            output.extend_from_slice(CONTINUE);
+                            continue_sent = true;
+                        }
+                        break Next::Read(Wait::Body(end));
+                    }
+                    (&bytes[head.length..end], end)
+                }
+                Framing::Chunked => {
+                    let decoder = chunked.get_or_insert_with(|| {
+                        body.clear();
+                        ChunkedDecoder::new()
+                    });
+                    let encoded = &bytes[head.length..];
+                    match decoder.decode(
+                        encoded,
+                        &mut body,
+                        settings.body_bytes_max,
+                        settings.trailer_bytes_max,
+                    ) {
+                        Ok(Some(length)) => (&body[..], head.length + length),
+                        Ok(None) => {
+                            if head.expect_continue && !continue_sent {
+                                output.extend_from_slice(CONTINUE);
+                                continue_sent = true;
+                            }
+                            // The decoded bytes are in `body`; drop their encoding from the
+                            // buffer so a long chunked body costs its decoded size, not more.
+                            let decoded = decoder.rebase();
+                            let head_length = head.length;
+                            input.remove(head_length, decoded);
+                            break Next::Read(Wait::Body(0));
+                        }
+                        Err(error) => {
+                            let error = match error {
+                                ChunkedError::TooLarge => RequestError::BodyTooLarge,
+                                ChunkedError::Invalid(code) => RequestError::BadRequest(code),
+                            };
+                            reject(handler, control, error, request_id, &mut output);
+                            break Next::Close { linger: true };
+                        }
+                    }
+                }
+            };
+            let keep_alive = head.keep_alive && !control.draining();
+            let request = Request {
+                method: head.method,
+                path: head.path,
+                query: head.query,
+                version: head.version,
+                headers: head.headers,
+                body: request_body,
+            };
+            let mut response = Response::new(
+                &mut output,
+                head.method == Method::Head,
+                !keep_alive,
+                head.version,
+            );
+            handler.handle(&request, &mut response).await;
+            debug_assert_ne!(response.status(), 0, "the handler must answer");
+            let closes = response.closes();
+            served += 1;
+            input.consume(consumed);
+            chunked = None;
+            continue_sent = false;
+            if body.capacity() > 4 * READ_BUFFER_BYTES_INITIAL {
+                body = Vec::new();
+            }
+            head_started = Instant::now();
+            if closes {
+                break Next::Close { linger: false };
+            }
+        };
+        if !output.is_empty() {
+            if transport.write_all(&output).await.is_err() {
+                return;
+            }
+            output.clear();
+        }
+        if served > 0 {
+            control.observe_batch(served, batch_started.elapsed());
+        }
+        let wait = match next {
+            Next::Read(wait) => wait,
+            Next::Close { linger } => {
+                close(transport, linger, settings.linger_timeout).await;
+                return;
+            }
+        };
+        if wait == Wait::Idle {
+            if control.draining() {
+                return;
+            }
+            control.set_idle(true);
+        }
+        let timeout = match wait {
+            Wait::Idle if served == 0 && head_started.elapsed() < settings.header_read_timeout => {
+                // A new connection that has sent nothing yet gets the header deadline.
+                settings.header_read_timeout - head_started.elapsed()
+            }
+            Wait::Idle => settings.idle_timeout,
+            Wait::Head => match settings.header_read_timeout.checked_sub(head_started.elapsed()) {
+                Some(left) if !left.is_zero() => left,
+                _ => {
+                    timed_out(transport, handler, control, settings).await;
+                    return;
+                }
+            },
+            Wait::Body(_) => settings.body_read_timeout,
+        };
+        let wanted = match wait {
+            Wait::Body(end) => end,
+            _ => settings.head.header_bytes_max + 1,
+        };
+        let read = transport.read(input.spare(wanted), timeout).await;
+        match read {
+            Ok(0) => return,
+            Ok(count) => {
+                if wait == Wait::Idle {
+                    head_started = Instant::now();
+                }
+                batch_started = Instant::now();
+                input.filled(count);
+            }
+            Err(error) if error.kind() == io::ErrorKind::TimedOut && wait != Wait::Idle => {
+                timed_out(transport, handler, control, settings).await;
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+fn reject<H: Handler, C: Control>(
+    handler: &H,
+    control: &C,
+    error: RequestError,
+    request_id: Option<&[u8]>,
+    output: &mut Vec<u8>,
+) {
+    control.observe_rejection(error);
+    let mut response = Response::new(output, false, true, super::Version::Http11);
+    handler.reject(error, request_id, &mut response);
+}
+
+/// 408 and close (RFC 9110 §15.5.9).
+async fn timed_out<T: Transport, H: Handler, C: Control>(
+    transport: &mut T,
+    handler: &H,
+    control: &C,
+    settings: &Settings,
+) {
+    let mut output = Vec::new();
+    reject(handler, control, RequestError::Timeout, None, &mut output);
+    if transport.write_all(&output).await.is_ok() {
+        close(transport, true, settings.linger_timeout).await;
+    }
+}
+
+/// Closes after the last response. With `linger`, unread input may still be arriving (a refused
+/// body): half-close, then read and discard for a bounded time, so that closing with unread data
+/// does not reset the connection before the client has read the response (RFC 9112 §9.6).
+async fn close<T: Transport>(transport: &mut T, linger: bool, linger_timeout: Duration) {
+    transport.shutdown_write();
+    if !linger {
+        return;
+    }
+    let deadline = Instant::now() + linger_timeout;
+    let mut scratch = [0u8; 4096];
+    let mut discarded = 0usize;
+    while discarded < LINGER_BYTES_MAX {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return;
+        };
+        match transport.read(&mut scratch, left).await {
+            Ok(0) | Err(_) => return,
+            Ok(count) => discarded += count,
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The `shardpay` binary: command line parsing and exit codes. Everything else is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shardpay::config::{Config, Overrides};
+
+/// Thread-per-core HTTP API server for user authentication and payments.
+#[derive(Debug, Parser)]
+#[command(name = "shardpay", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Load and validate the configuration, print it as TOML, and exit.
+    CheckConfig(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (see config/default.toml); without it, built-in defaults.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Number of shards (0: one per CPU). Overrides server.shards.
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// CPUs to pin shards to, e.g. 0-3,6. Overrides server.cpus.
+    #[arg(long, value_name = "LIST")]
+    cpus: Option<String>,
+    /// Public address, IP:PORT. Overrides server.listen.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// First shard-aware port. Overrides server.shard_port_base.
+    #[arg(long, value_name = "PORT")]
+    shard_port_base: Option<u16>,
+}
+
+/// Exit status for an unusable configuration (as for command-line usage errors).
+const EXIT_CONFIG: u8 = 2;
+
+fn load(args: &ServeArgs) -> Result<Config, ExitCode> {
+    let overrides = Overrides {
+        listen: args.listen.clone(),
+        shards: args.shards,
+        cpus: args.cpus.clone(),
+        shard_port_base: args.shard_port_base,
+    };
+    Config::load(args.config.as_deref(), std::env::vars(), &overrides).map_err(|error| {
+        eprintln!("shardpay: {error}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig(args) => match load(&args) {
+            Ok(config) => {
+                match toml::to_string(&config) {
+                    Ok(text) => print!("{text}"),
+                    Err(error) => eprintln!("shardpay: cannot print the configuration: {error}"),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve(args) => {
+            let config = match load(&args) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            shardpay::logging::init(&config.log);
+            match shardpay::server::serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(shardpay::shard::ShardError::Config(error)) => {
+                    eprintln!("shardpay: {error}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+                Err(error) => {
+                    tracing::error!(%error, "shardpay failed");
+                    eprintln!("shardpay: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! Per-shard counters and the Prometheus text exposition.
+//!
+//! Each shard owns one [`ShardMetrics`] in plain `Cell`s: recording is a load and a store on the
+//! shard's own core, never an atomic or a lock. `/metrics` asks every shard for a [`Snapshot`]
+//! over the mesh and [`render`]s them, each series labelled by `shard`. This module only counts:
+//! it never does I/O.
+
+use std::cell::{Cell, RefCell};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram buckets, in seconds (`+Inf` is implicit).
+pub const LATENCY_BUCKETS_SECONDS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+/// Response statuses counted individually; anything else is counted as `other`.
+const STATUSES: [u16; 24] = [
+    100, 200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 413, 414, 415, 417, 422, 429, 431, 500, 501, 502,
+    503, 504, 505,
+];
+const STATUS_SLOTS: usize = STATUSES.len() + 1;
+
+/// Most distinct parse-error codes tracked per shard; the codec has fewer than this.
+const PARSE_ERROR_KINDS_MAX: usize = 64;
+
+fn status_slot(status: u16) -> usize {
+    STATUSES
+        .iter()
+        .position(|&known| known == status)
+        .unwrap_or(STATUSES.len())
+}
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [Cell<u64>; LATENCY_BUCKETS_SECONDS.len() + 1],
+    sum_nanos: Cell<u64>,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| Cell::new(0)),
+            sum_nanos: Cell::new(0),
+        }
+    }
+
+    /// Records `count` observations of `elapsed`.
+    pub fn observe(&self, elapsed: Duration, count: u64) {
+        let seconds = elapsed.as_secs_f64();
+        let slot = LATENCY_BUCKETS_SECONDS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(LATENCY_BUCKETS_SECONDS.len());
+        let bucket = &self.buckets[slot];
+        bucket.set(bucket.get() + count);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos
+            .set(self.sum_nanos.get().saturating_add(nanos.saturating_mul(count)));
+    }
+
+    fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: self.buckets.iter().map(Cell::get).collect(),
+            sum_seconds: self.sum_nanos.get() as f64 / 1e9,
+        }
+    }
+}
+
+/// One shard's counters.
+#[derive(Debug)]
+pub struct ShardMetrics {
+    shard: usize,
+    routes: &'static [&'static str],
+    /// `requests[route * STATUS_SLOTS + status slot]`.
+    requests: Box<[Cell<u64>]>,
+    /// Request latency from the read that completed a request to the write of its response.
+    pub latency: Histogram,
+    /// Connections accepted and served.
+    pub connections_accepted: Cell<u64>,
+    /// Connections closed at once because the shard was at its limit or draining.
+    pub connections_rejected: Cell<u64>,
+    /// Failed accept calls (EMFILE and the like).
+    pub accept_errors: Cell<u64>,
+    parse_errors: RefCell<Vec<(&'static str, u64)>>,
+    /// Messages this shard sent to each peer.
+    pub mesh_sent: Box<[Cell<u64>]>,
+    /// Messages this shard received from each peer.
+    pub mesh_received: Box<[Cell<u64>]>,
+    /// Sends that found a peer's queue full and had to wait.
+    pub mesh_backpressure: Box<[Cell<u64>]>,
+}
+
+impl ShardMetrics {
+    /// Counters for `shard` of `shards`, with requests counted per route of `routes`.
+    pub fn new(shard: usize, shards: usize, routes: &'static [&'static str]) -> Self {
+        let cells = |n: usize| (0..n).map(|_| Cell::new(0)).collect::<Box<[Cell<u64>]>>();
+        ShardMetrics {
+            shard,
+            routes,
+            requests: cells(routes.len() * STATUS_SLOTS),
+            latency: Histogram::new(),
+            connections_accepted: Cell::new(0),
+            connections_rejected: Cell::new(0),
+            accept_errors: Cell::new(0),
+            parse_errors: RefCell::new(Vec::new()),
+            mesh_sent: cells(shards),
+            mesh_received: cells(shards),
+            mesh_backpressure: cells(shards),
+        }
+    }
+
+    /// Counts one request to `route` (an index into the route names) answered with `status`.
+    pub fn count_request(&self, route: usize, status: u16) {
+        if let Some(cell) = self.requests.get(route * STATUS_SLOTS + status_slot(status)) {
+            cell.set(cell.get() + 1);
+        }
+    }
+
+    /// Counts a request the codec refused, by its error code.
+    pub fn count_parse_error(&self, code: &'static str) {
+        let mut errors = self.parse_errors.borrow_mut();
+        if let Some(entry) = errors.iter_mut().find(|(known, _)| *known == code) {
+            entry.1 += 1;
+        } else if errors.len() < PARSE_ERROR_KINDS_MAX {
+            errors.push((code, 1));
+        }
+    }
+
+    /// Adds one to a per-peer counter.
+    pub fn bump(cells: &[Cell<u64>], peer: usize) {
+        if let Some(cell) = cells.get(peer) {
+            cell.set(cell.get() + 1);
+        }
+    }
+
+    /// An owned copy of every counter, to send to the shard rendering `/metrics`.
+    pub fn snapshot(&self, connections_open: usize) -> Snapshot {
+        let mut requests = Vec::new();
+        for (route_index, route) in self.routes.iter().enumerate() {
+            for (slot, status) in STATUSES.iter().map(|s| Some(*s)).chain([None]).enumerate() {
+                let count = self.requests[route_index * STATUS_SLOTS + slot].get();
+                if count > 0 {
+                    requests.push(RequestCount { route, status, count });
+                }
+            }
+        }
+        let values = |cells: &[Cell<u64>]| cells.iter().map(Cell::get).collect::<Vec<_>>();
+        Snapshot {
+            shard: self.shard,
+            requests,
+            latency: self.latency.snapshot(),
+            connections_open: connections_open as u64,
+            connections_accepted: self.connections_accepted.get(),
+            connections_rejected: self.connections_rejected.get(),
+            accept_errors: self.accept_errors.get(),
+            parse_errors: self.parse_errors.borrow().clone(),
+            mesh_sent: values(&self.mesh_sent),
+            mesh_received: values(&self.mesh_received),
+            mesh_backpressure: values(&self.mesh_backpressure),
+        }
+    }
+}
+
+/// Requests to one route with one status.
+#[derive(Debug, Clone)]
+pub struct RequestCount {
+    /// Route name (its path pattern), or `unmatched`.
+    pub route: &'static str,
+    /// Status, `None` for statuses not counted individually.
+    pub status: Option<u16>,
+    /// Requests.
+    pub count: u64,
+}
+
+/// Histogram counts per bucket (not cumulative) and the sum.
+#[derive(Debug, Clone)]
+pub struct HistogramSnapshot {
+    /// Per-bucket counts, the last one `+Inf`.
+    pub buckets: Vec<u64>,
+    /// Sum of all observations.
+    pub sum_seconds: f64,
+}
+
+/// One shard's counters at one moment; owned so it can cross shards.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Shard id.
+    pub shard: usize,
+    /// Non-zero request counts.
+    pub requests: Vec<RequestCount>,
+    /// Latency histogram.
+    pub latency: HistogramSnapshot,
+    /// Open connections.
+    pub connections_open: u64,
+    /// Connections accepted.
+    pub connections_accepted: u64,
+    /// Connections refused at the limit.
+    pub connections_rejected: u64,
+    /// Failed accepts.
+    pub accept_errors: u64,
+    /// Refused requests by error code.
+    pub parse_errors: Vec<(&'static str, u64)>,
+    /// Mesh messages sent, by peer.
+    pub mesh_sent: Vec<u64>,
+    /// Mesh messages received, by peer.
+    pub mesh_received: Vec<u64>,
+    /// Mesh sends that waited for queue space, by peer.
+    pub mesh_backpressure: Vec<u64>,
+}
+
+/// Renders snapshots as Prometheus text exposition format 0.0.4.
+pub fn render(snapshots: &[Snapshot]) -> String {
+    let mut out = String::with_capacity(4096 + snapshots.len() * 2048);
+    header(
+        &mut out,
+        "shardpay_http_requests_total",
+        "counter",
+        "HTTP requests answered, by shard, route and status.",
+    );
+    for snapshot in snapshots {
+        for request in &snapshot.requests {
+            let status = match request.status {
+                Some(status) => status.to_string(),
+                None => "other".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "shardpay_http_requests_total{{shard=\"{}\",route=\"{}\",status=\"{}\"}} {}",
+                snapshot.shard, request.route, status, request.count
+            );
+        }
+    }
+    header(
+        &mut out,
+        "shardpay_http_request_duration_seconds",
+        "histogram",
+        "Time from reading a request to writing its response.",
+    );
+    for snapshot in snapshots {
+        let mut cumulative = 0u64;
+        for (index, count) in snapshot.latency.buckets.iter().enumerate() {
+            cumulative += count;
+            let bound = match LATENCY_BUCKETS_SECONDS.get(index) {
+                Some(bound) => bound.to_string(),
+                None => "+Inf".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "shardpay_http_request_duration_seconds_bucket{{shard=\"{}\",le=\"{}\"}} {}",
+                snapshot.shard, bound, cumulative
+            );
+        }
+        let _ = writeln!(
+            out,
+            "shardpay_http_request_duration_seconds_sum{{shard=\"{}\"}} {}",
+            snapshot.shard, snapshot.latency.sum_seconds
+        );
+        let _ = writeln!(
+            out,
+            "shardpay_http_request_duration_seconds_count{{shard=\"{}\"}} {}",
+            snapshot.shard, cumulative
+        );
+    }
+    let simple: [(&str, &str, &str, fn(&Snapshot) -> u64); 4] = [
+        (
+            "shardpay_connections_open",
+            "gauge",
+            "Open client connections.",
+            |s| s.connections_open,
+        ),
+        (
+            "shardpay_connections_accepted_total",
+            "counter",
+            "Client connections accepted.",
+            |s| s.connections_accepted,
+        ),
+        (
+            "shardpay_connections_rejected_total",
+            "counter",
+            "Connections closed at once because the shard was at its connection limit or draining.",
+            |s| s.connections_rejected,
+        ),
+        (
+            "shardpay_accept_errors_total",
+            "counter",
+            "Failed accept calls (e.g. out of file descriptors).",
+            |s| s.accept_errors,
+        ),
+    ];
+    for (name, kind, help, value) in simple {
+        header(&mut out, name, kind, help);
+        for snapshot in snapshots {
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", snapshot.shard, value(snapshot));
+        }
+    }
+    header(
+        &mut out,
+        "shardpay_http_parse_errors_total",
+        "counter",
+        "Requests refused by the HTTP codec, by reason.",
+    );
+    for snapshot in snapshots {
+        for (code, count) in &snapshot.parse_errors {
+            let _ = writeln!(
+                out,
+                "shardpay_http_parse_errors_total{{shard=\"{}\",reason=\"{}\"}} {}",
+                snapshot.shard, code, count
+            );
+        }
+    }
+    let mesh: [(&str, &str, fn(&Snapshot) -> &Vec<u64>); 3] = [
+        (
+            "shardpay_mesh_messages_sent_total",
+            "Messages sent to another shard.",
+            |s| &s.mesh_sent,
+        ),
+        (
+            "shardpay_mesh_messages_received_total",
+            "Messages received from another shard.",
+            |s| &s.mesh_received,
+        ),
+        (
+            "shardpay_mesh_backpressure_total",
+            "Sends that found the peer's queue full and waited.",
+            |s| &s.mesh_backpressure,
+        ),
+    ];
+    for (name, help, values) in mesh {
+        header(&mut out, name, "counter", help);
+        for snapshot in snapshots {
+            for (peer, value) in values(snapshot).iter().enumerate() {
+                if peer != snapshot.shard {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{shard=\"{}\",peer=\"{peer}\"}} {value}",
+                        snapshot.shard
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_renders() {
+        let metrics = ShardMetrics::new(1, 2, &["/a", "/b"]);
+        metrics.count_request(0, 200);
+        metrics.count_request(0, 200);
+        metrics.count_request(1, 299);
+        metrics.latency.observe(Duration::from_micros(70), 2);
+        metrics.count_parse_error("invalid_host");
+        ShardMetrics::bump(&metrics.mesh_sent, 0);
+        let text = render(&[metrics.snapshot(3)]);
+        assert!(
+            text.contains("shardpay_http_requests_total{shard=\"1\",route=\"/a\",status=\"200\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("route=\"/b\",status=\"other\"} 1\n"), "{text}");
+        assert!(
+            text.contains("shardpay_http_request_duration_seconds_bucket{shard=\"1\",le=\"0.00005\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shardpay_http_request_duration_seconds_bucket{shard=\"1\",le=\"0.0001\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shardpay_http_request_duration_seconds_count{shard=\"1\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shardpay_connections_open{shard=\"1\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("reason=\"invalid_host\"} 1\n"), "{text}");
+        assert!(
+            text.contains("shardpay_mesh_messages_sent_total{shard=\"1\",peer=\"0\"} 1\n"),
+            "{text}"
+        );
+    }
+}

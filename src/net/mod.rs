@@ -1,0 +1,190 @@
+//! Sockets: binding listeners (SO_REUSEPORT on the public address, a shard-aware port per shard),
+//! the accept loop with its per-shard connection limit, and the glommio TCP stream behind the
+//! codec's [`Transport`]. With `shard`, this is the only module that uses glommio.
+//!
+//! Never parses HTTP and never panics on an I/O error: accept errors (EMFILE included) are
+//! logged, counted and waited out.
+
+mod connections;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::AsyncWriteExt;
+use socket2::{Domain, Protocol, Socket, Type};
+
+pub use connections::{Connections, Registration};
+
+use crate::http::connection::{self, Settings, Transport};
+use crate::http::Handler;
+use crate::metrics::ShardMetrics;
+
+/// A listening socket on the current shard.
+pub struct Listener {
+    inner: glommio::net::TcpListener,
+}
+
+impl Listener {
+    /// Binds `address`; `reuse_port` lets every shard bind the same public address and the kernel
+    /// spread connections among them.
+    pub fn bind(address: SocketAddr, backlog: u32, reuse_port: bool) -> io::Result<Listener> {
+        let domain = if address.is_ipv6() {
+            Domain::IPV6
+        } else {
+            Domain::IPV4
+        };
+        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+        // SAFETY: the descriptor is a listening TCP socket we own; ownership passes to glommio.
+        let inner = unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
+        Ok(Listener { inner })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr().map_err(io::Error::from)
+    }
+}
+
+/// An accepted TCP connection.
+pub struct Stream {
+    inner: glommio::net::TcpStream,
+    read_timeout: Option<Duration>,
+}
+
+impl Stream {
+    fn new(inner: glommio::net::TcpStream, write_timeout: Duration) -> Stream {
+        // Responses are written whole; Nagle would only delay them.
+        let _ = inner.set_nodelay(true);
+        let _ = inner.set_write_timeout(Some(write_timeout));
+        Stream {
+            inner,
+            read_timeout: None,
+        }
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
+}
+
+impl Transport for Stream {
+    async fn read(&mut self, buffer: &mut [u8], timeout: Duration) -> io::Result<usize> {
+        if self.read_timeout != Some(timeout) {
+            self.inner
+                .set_read_timeout(Some(timeout))
+                .map_err(io::Error::from)?;
+            self.read_timeout = Some(timeout);
+        }
+        futures_lite::AsyncReadExt::read(&mut self.inner, buffer).await
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_all(bytes).await
+    }
+
+    fn shutdown_write(&mut self) {
+        // SAFETY: shutdown(2) on a descriptor this stream owns; errors (already closed) are moot.
+        unsafe {
+            libc::shutdown(self.raw_fd(), libc::SHUT_WR);
+        }
+    }
+}
+
+/// Accepts on `listener` until the shard drains, serving every connection with `handler` in its
+/// own task. Connections beyond the shard's limit are accepted and closed at once.
+pub async fn accept_loop<H: Handler + 'static>(
+    listener: Listener,
+    handler: Rc<H>,
+    connections: Rc<Connections>,
+    settings: Rc<Settings>,
+    metrics: Rc<ShardMetrics>,
+    write_timeout: Duration,
+) {
+    let mut last_error_logged: Option<std::time::Instant> = None;
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.inner.accept().await) }, async {
+            connections.wait_draining().await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else {
+            return;
+        };
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(error) => {
+                let error = io::Error::from(error);
+                metrics.accept_errors.set(metrics.accept_errors.get() + 1);
+                let out_of_descriptors = matches!(
+                    error.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                );
+                if last_error_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(%error, "accept failed");
+                    last_error_logged = Some(std::time::Instant::now());
+                }
+                // Out of descriptors: back off so the loop does not spin while connections close.
+                let pause = if out_of_descriptors { 50 } else { 1 };
+                glommio::timer::sleep(Duration::from_millis(pause)).await;
+                continue;
+            }
+        };
+        let stream = Stream::new(stream, write_timeout);
+        let Some(registration) = connections.register(stream.raw_fd()) else {
+            metrics
+                .connections_rejected
+                .set(metrics.connections_rejected.get() + 1);
+            drop(stream);
+            continue;
+        };
+        metrics
+            .connections_accepted
+            .set(metrics.connections_accepted.get() + 1);
+        let handler = handler.clone();
+        let settings = settings.clone();
+        let metrics = metrics.clone();
+        glommio::spawn_local(async move {
+            let mut stream = stream;
+            let control = ConnectionControl {
+                registration,
+                metrics,
+            };
+            connection::serve(&mut stream, &*handler, &control, &settings).await;
+        })
+        .detach();
+    }
+}
+
+/// The codec's view of its shard: drain state, idle tracking and metrics.
+struct ConnectionControl {
+    registration: Registration,
+    metrics: Rc<ShardMetrics>,
+}
+
+impl connection::Control for ConnectionControl {
+    fn draining(&self) -> bool {
+        self.registration.draining()
+    }
+
+    fn set_idle(&self, idle: bool) {
+        self.registration.set_idle(idle);
+    }
+
+    fn observe_batch(&self, requests: usize, elapsed: Duration) {
+        self.metrics.latency.observe(elapsed, requests as u64);
+    }
+
+    fn observe_rejection(&self, error: crate::http::RequestError) {
+        self.metrics.count_parse_error(error.code());
+    }
+}

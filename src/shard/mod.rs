@@ -1,0 +1,396 @@
+//! Shards: one glommio executor per CPU, pinned, each owning its listeners, connections, counters
+//! and (in later layers) its partition of users; and the mesh through which shards ask each other
+//! for work ([`Shard::invoke_on`], as Seastar's `sharded<T>::invoke_on`).
+//!
+//! With `net`, this is the only module that uses glommio; the rest of the code sees [`Shard`],
+//! [`spawn`] and [`sleep`]. Shard-local state is `Rc`/`Cell` and never crosses threads; what
+//! crosses threads ([`Command`], [`Reply`]) owns its data. Nothing here knows about HTTP.
+
+pub mod mesh;
+
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::{parse_cpu_list, Config, ConfigError};
+use crate::http::date;
+use crate::metrics::{ShardMetrics, Snapshot};
+use crate::net::Connections;
+use mesh::{Mesh, MeshError};
+
+/// Number of hash slots users are partitioned into; slots map to shards in contiguous ranges.
+pub const SLOT_COUNT: u32 = 16384;
+
+/// How often each shard refreshes its `Date` and looks for a shutdown request.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The first and last slot (inclusive) owned by `shard` of `shards`.
+pub fn slot_range(shard: usize, shards: usize) -> (u32, u32) {
+    let shards = shards as u64;
+    let first = (shard as u64 * u64::from(SLOT_COUNT)) / shards;
+    let next = ((shard as u64 + 1) * u64::from(SLOT_COUNT)) / shards;
+    (first as u32, next as u32 - 1)
+}
+
+/// Process-wide facts and flags, shared by all shards; written at start-up and shutdown only.
+#[derive(Debug)]
+pub struct Cluster {
+    /// This node's name.
+    pub node_id: String,
+    /// Number of shards.
+    pub shards: usize,
+    /// CPU of each shard.
+    pub cpus: Vec<usize>,
+    ready: AtomicUsize,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Cluster {
+    /// Asks every shard to drain and stop (from a signal handler's flag or a failed shard).
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    /// The flag signal handlers set.
+    pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
+        self.shutdown.clone()
+    }
+
+    /// Whether every shard has started and is accepting.
+    pub fn all_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) == self.shards
+    }
+}
+
+/// What one shard tells the others about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// Shard id.
+    pub shard: usize,
+    /// CPU it is pinned to.
+    pub cpu: usize,
+    /// First slot it owns.
+    pub first_slot: u32,
+    /// Last slot it owns.
+    pub last_slot: u32,
+    /// Its shard-aware port.
+    pub port: u16,
+}
+
+/// A request from one shard to another.
+#[derive(Debug)]
+pub enum Command {
+    /// Copy your counters.
+    Snapshot,
+    /// Describe yourself.
+    Describe,
+}
+
+/// The answer to a [`Command`].
+#[derive(Debug)]
+pub enum Reply {
+    /// Counters.
+    Snapshot(Box<Snapshot>),
+    /// Description.
+    Describe(ShardInfo),
+}
+
+/// One shard's state, owned by its executor thread.
+pub struct Shard {
+    /// Process-wide facts.
+    pub cluster: Arc<Cluster>,
+    /// Counters.
+    pub metrics: Rc<ShardMetrics>,
+    /// Open connections and the drain.
+    pub connections: Rc<Connections>,
+    /// What this shard tells about itself.
+    pub info: ShardInfo,
+    mesh: Mesh<Command, Reply>,
+}
+
+impl Shard {
+    /// This shard's id.
+    pub fn id(&self) -> usize {
+        self.info.shard
+    }
+
+    /// Runs `command` on `target`: directly when it is this shard, else over the mesh.
+    pub async fn invoke_on(&self, target: usize, command: Command) -> Result<Reply, MeshError> {
+        if target == self.id() {
+            Ok(self.execute(command))
+        } else {
+            self.mesh.send_to(target, command).await
+        }
+    }
+
+    /// Runs a command on every shard, in shard order.
+    pub async fn invoke_on_all(&self, command: impl Fn() -> Command) -> Result<Vec<Reply>, MeshError> {
+        let mut replies = Vec::with_capacity(self.mesh.shards());
+        for target in 0..self.mesh.shards() {
+            replies.push(self.invoke_on(target, command()).await?);
+        }
+        Ok(replies)
+    }
+
+    /// Whether the process is ready for traffic: every shard started and none is draining.
+    pub fn ready(&self) -> bool {
+        self.cluster.all_ready() && !self.connections.draining()
+    }
+
+    /// Executes a command on this shard.
+    fn execute(&self, command: Command) -> Reply {
+        match command {
+            Command::Snapshot => Reply::Snapshot(Box::new(self.metrics.snapshot(self.connections.open()))),
+            Command::Describe => Reply::Describe(self.info.clone()),
+        }
+    }
+
+    /// Counts this shard as started; `/readyz` turns 200 once every shard has.
+    pub fn mark_ready(&self) {
+        self.cluster.ready.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs `future` in the background on the current shard.
+pub fn spawn(future: impl Future<Output = ()> + 'static) {
+    glommio::spawn_local(future).detach();
+}
+
+/// Waits for `duration` on the current shard.
+pub async fn sleep(duration: Duration) {
+    glommio::timer::sleep(duration).await;
+}
+
+/// Why the shards could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// The configuration does not fit this machine.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An executor could not be created.
+    #[error("cannot start shard {shard}: {message}")]
+    Spawn {
+        /// Shard id.
+        shard: usize,
+        /// The executor's error.
+        message: String,
+    },
+    /// A shard failed while starting or running.
+    #[error("shard {shard} failed: {message}")]
+    Failed {
+        /// Shard id.
+        shard: usize,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The CPUs this process may run on (its affinity mask, which honours `taskset`).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills a zeroed cpu_set_t of the size we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+            return (0..count).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// The CPU of each shard, from `server.shards` and `server.cpus`. More shards than CPUs are
+/// placed round-robin (useful for tests; a production deployment uses one shard per CPU).
+pub fn placement(config: &Config) -> Result<Vec<usize>, ConfigError> {
+    let allowed = allowed_cpus();
+    let listed = parse_cpu_list(&config.server.cpus).map_err(|message| ConfigError {
+        key: "server.cpus".into(),
+        message,
+    })?;
+    let cpus = if listed.is_empty() {
+        allowed.clone()
+    } else {
+        listed
+    };
+    if let Some(cpu) = cpus.iter().find(|cpu| !allowed.contains(cpu)) {
+        return Err(ConfigError {
+            key: "server.cpus".into(),
+            message: format!("CPU {cpu} is not available to this process (available: {allowed:?})"),
+        });
+    }
+    let shards = if config.server.shards == 0 {
+        cpus.len()
+    } else {
+        config.server.shards
+    };
+    let last_port = u32::from(config.server.shard_port_base) + shards as u32 - 1;
+    if last_port > u32::from(u16::MAX) {
+        return Err(ConfigError {
+            key: "server.shard_port_base".into(),
+            message: format!("{shards} shards need ports up to {last_port}"),
+        });
+    }
+    Ok((0..shards).map(|shard| cpus[shard % cpus.len()]).collect())
+}
+
+/// The CPU placement and shared state of a run, made before any shard starts.
+pub struct Launch {
+    /// Shared state; register signal handlers on its shutdown flag.
+    pub cluster: Arc<Cluster>,
+    config: Arc<Config>,
+}
+
+impl Launch {
+    /// Plans the shards of `config`.
+    pub fn new(config: Arc<Config>) -> Result<Launch, ShardError> {
+        let cpus = placement(&config)?;
+        let node_id = if config.server.node_id.is_empty() {
+            host_name()
+        } else {
+            config.server.node_id.clone()
+        };
+        let cluster = Arc::new(Cluster {
+            node_id,
+            shards: cpus.len(),
+            cpus,
+            ready: AtomicUsize::new(0),
+            shutdown: Arc::new(AtomicBool::new(false)),
+        });
+        Ok(Launch { cluster, config })
+    }
+
+    /// Starts every shard, runs `start` on each, and returns when all have returned. A shard
+    /// whose `start` fails asks the others to shut down; the first failure is returned.
+    pub fn run<F, Fut>(self, routes: &'static [&'static str], start: F) -> Result<(), ShardError>
+    where
+        F: Fn(Rc<Shard>) -> Fut + Send + Clone + 'static,
+        Fut: Future<Output = Result<(), String>> + 'static,
+    {
+        let Launch { cluster, config } = self;
+        let shards = cluster.shards;
+        let ends = mesh::build::<Command, Reply>(shards, config.mesh.queue_depth);
+        let mut handles = Vec::with_capacity(shards);
+        for (shard, ends) in ends.into_iter().enumerate() {
+            let cpu = cluster.cpus[shard];
+            let shard_cluster = cluster.clone();
+            let config = config.clone();
+            let start = start.clone();
+            let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .name(&format!("shard-{shard}"))
+                .io_memory(config.server.io_memory_bytes);
+            let spawned = builder.spawn(move || async move {
+                let cluster = shard_cluster;
+                let (first_slot, last_slot) = slot_range(shard, shards);
+                let metrics = Rc::new(ShardMetrics::new(shard, shards, routes));
+                let connections = Connections::new(config.limits.connections_per_shard_max);
+                let reply_timeout = Duration::from_millis(config.mesh.reply_timeout_ms);
+                let (mesh, receivers) = ends.connect(reply_timeout, metrics.clone()).await;
+                let info = ShardInfo {
+                    shard,
+                    cpu,
+                    first_slot,
+                    last_slot,
+                    port: config.server.shard_port_base + shard as u16,
+                };
+                let this = Rc::new(Shard {
+                    cluster: cluster.clone(),
+                    metrics: metrics.clone(),
+                    connections: connections.clone(),
+                    info,
+                    mesh,
+                });
+                for (peer, receiver) in receivers {
+                    let served = this.clone();
+                    spawn(mesh::serve_peer(
+                        peer,
+                        receiver,
+                        metrics.clone(),
+                        move |command| {
+                            let reply = served.execute(command);
+                            async move { reply }
+                        },
+                    ));
+                }
+                spawn(tick(cluster.clone(), connections));
+                let outcome = start(this).await;
+                if outcome.is_err() {
+                    cluster.request_shutdown();
+                }
+                outcome
+            });
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(error) => {
+                    cluster.request_shutdown();
+                    for handle in handles {
+                        let _ = handle.join();
+                    }
+                    return Err(ShardError::Spawn {
+                        shard,
+                        message: error.to_string(),
+                    });
+                }
+            }
+        }
+        let mut first_error = None;
+        for (shard, handle) in handles.into_iter().enumerate() {
+            let outcome = match handle.join() {
+                Ok(Ok(())) => continue,
+                Ok(Err(message)) => ShardError::Failed { shard, message },
+                Err(error) => ShardError::Failed {
+                    shard,
+                    message: error.to_string(),
+                },
+            };
+            first_error.get_or_insert(outcome);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Per-shard housekeeping: the cached `Date`, and starting the drain once shutdown is requested.
+async fn tick(cluster: Arc<Cluster>, connections: Rc<Connections>) {
+    loop {
+        date::refresh();
+        if cluster.shutdown.load(Ordering::Relaxed) && !connections.draining() {
+            connections.start_drain();
+        }
+        sleep(TICK).await;
+    }
+}
+
+fn host_name() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer we own.
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if result != 0 {
+        return "localhost".to_string();
+    }
+    let length = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..length]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_ranges_cover_every_slot_once() {
+        for shards in [1usize, 2, 3, 7, 64] {
+            let mut next = 0;
+            for shard in 0..shards {
+                let (first, last) = slot_range(shard, shards);
+                assert_eq!(first, next);
+                assert!(last >= first);
+                next = last + 1;
+            }
+            assert_eq!(next, SLOT_COUNT);
+        }
+        assert_eq!(slot_range(0, 4), (0, 4095));
+    }
+}
