@@ -550,3 +550,38 @@ mod tests {
         assert!(parse_cpu_list("a").is_err());
     }
 }
+
+#[cfg(test)]
+mod shipped_files {
+    use super::*;
+
+    fn load_file(name: &str) -> Config {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name);
+        Config::load(Some(&path), Vec::new(), &Overrides::default())
+            .unwrap_or_else(|error| panic!("{name}: {error}"))
+    }
+
+    #[test]
+    fn default_toml_documents_the_built_in_defaults() {
+        assert_eq!(load_file("default.toml"), Config::default());
+    }
+
+    #[test]
+    fn every_key_is_in_default_toml() {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml"))
+            .unwrap();
+        let written: toml::Table = toml::from_str(&text).unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        assert_eq!(
+            written, defaults,
+            "config/default.toml must list every key with its default"
+        );
+    }
+
+    #[test]
+    fn other_shipped_files_load() {
+        load_file("bench.toml");
+        let production = load_file("production.example.toml");
+        assert_eq!(production.log.format, LogFormat::Json);
+    }
+}

@@ -1,0 +1,375 @@
+//! Test harness: starts the real `shardpay` binary on free loopback ports and talks raw HTTP/1.1
+//! to it over real sockets. Each test gets its own server process.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Ports handed out in this test process, so two tests never pick the same one.
+static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// A loopback port that was free a moment ago and is not handed to another test of this process.
+pub fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut taken = TAKEN.lock().unwrap();
+        if taken.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// `count` consecutive free ports.
+pub fn free_port_range(count: usize) -> u16 {
+    'search: loop {
+        let base = free_port();
+        if usize::from(base) + count > 65000 {
+            continue;
+        }
+        let mut held = Vec::new();
+        for offset in 0..count as u16 {
+            match TcpListener::bind(("127.0.0.1", base + offset)) {
+                Ok(listener) => held.push(listener),
+                Err(_) => continue 'search,
+            }
+        }
+        let mut taken = TAKEN.lock().unwrap();
+        let taken = taken.get_or_insert_with(HashSet::new);
+        for offset in 1..count as u16 {
+            if !taken.insert(base + offset) {
+                continue 'search;
+            }
+        }
+        return base;
+    }
+}
+
+/// The binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_shardpay")
+}
+
+/// A running server process; killed when dropped.
+pub struct Server {
+    pub child: Option<Child>,
+    /// Public port.
+    pub port: u16,
+    /// First shard-aware port.
+    pub shard_port_base: u16,
+    pub shards: usize,
+    stderr_path: std::path::PathBuf,
+}
+
+/// Environment every test server gets: small io_uring memory so many servers fit under the
+/// locked-memory cap, and quiet logs.
+const BASE_ENV: &[(&str, &str)] = &[
+    ("SHARDPAY_SERVER_IO_MEMORY_BYTES", "262144"),
+    ("RUST_LOG", "warn"),
+];
+
+impl Server {
+    /// Starts `shards` shards with extra `SHARDPAY_…` settings and waits until `/readyz` is 200.
+    pub fn start(shards: usize, env: &[(&str, &str)]) -> Server {
+        Self::start_with(shards, env, |_| {})
+    }
+
+    /// As [`Server::start`], letting the caller adjust the command (e.g. resource limits).
+    pub fn start_with(shards: usize, env: &[(&str, &str)], adjust: impl FnOnce(&mut Command)) -> Server {
+        let port = free_port();
+        let shard_port_base = free_port_range(shards);
+        let stderr_path =
+            std::env::temp_dir().join(format!("shardpay-test-{}-{port}.log", std::process::id()));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut command = Command::new(binary());
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--shard-port-base")
+            .arg(shard_port_base.to_string())
+            .arg("--shards")
+            .arg(shards.to_string())
+            .envs(BASE_ENV.iter().copied())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        adjust(&mut command);
+        let child = command.spawn().expect("start shardpay");
+        let mut server = Server {
+            child: Some(child),
+            port,
+            shard_port_base,
+            shards,
+            stderr_path,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("shardpay exited during start-up ({status}): {}", self.stderr());
+            }
+            if let Ok(response) = try_get(self.port, "/readyz") {
+                if response.status == 200 {
+                    // Every shard's own port must be up too.
+                    if (0..self.shards).all(|shard| try_get(self.shard_port(shard), "/healthz").is_ok()) {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "shardpay not ready in time: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The shard-aware port of `shard`.
+    pub fn shard_port(&self, shard: usize) -> u16 {
+        self.shard_port_base + shard as u16
+    }
+
+    /// A new connection to the public port.
+    pub fn connect(&self) -> Client {
+        Client::connect(self.port)
+    }
+
+    /// What the server wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends a signal to the server.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        // SAFETY: kill(2) on our own child process.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// A parsed response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// First header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(known, _)| known.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.text()))
+    }
+}
+
+/// A raw HTTP/1.1 client connection.
+pub struct Client {
+    pub stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Client {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Writes raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Writes raw bytes, ignoring errors (the server may already have closed).
+    pub fn send_lossy(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// Reads one response; `head_only` for responses to HEAD (no body whatever the length).
+    pub fn read_response_for(&mut self, head_only: bool) -> Response {
+        self.try_read_response(head_only).expect("a response")
+    }
+
+    /// Reads one response.
+    pub fn read_response(&mut self) -> Response {
+        self.read_response_for(false)
+    }
+
+    /// Reads one response, or `None` if the connection ends first.
+    pub fn try_read_response(&mut self, head_only: bool) -> Option<Response> {
+        loop {
+            if let Some((response, used)) = parse_response(&self.buffer, head_only) {
+                self.buffer.drain(..used);
+                if response.status == 100 {
+                    continue;
+                }
+                return Some(response);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(error) if error.kind() == ErrorKind::ConnectionReset => return None,
+                Err(error) => panic!("read failed: {error}"),
+            }
+        }
+    }
+
+    /// Reads an interim `100 Continue`, or panics.
+    pub fn read_continue(&mut self) {
+        loop {
+            if self.buffer.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n") {
+                self.buffer.drain(..25);
+                return;
+            }
+            assert!(
+                self.buffer.len() < 25,
+                "expected 100 Continue, got {:?}",
+                String::from_utf8_lossy(&self.buffer)
+            );
+            let mut chunk = [0u8; 1024];
+            let n = self.stream.read(&mut chunk).expect("read");
+            assert!(n > 0, "closed before 100 Continue");
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// True if the server closes the connection (EOF or reset) within the read timeout, with
+    /// no further response bytes.
+    pub fn closed(&mut self) -> bool {
+        if !self.buffer.is_empty() {
+            return false;
+        }
+        let mut chunk = [0u8; 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => true,
+            Ok(n) => {
+                self.buffer.extend_from_slice(&chunk[..n]);
+                false
+            }
+            Err(error) => matches!(
+                error.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+            ),
+        }
+    }
+
+    /// Sends a GET with `Host` and returns the response.
+    pub fn get(&mut self, path: &str) -> Response {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+        self.read_response()
+    }
+}
+
+fn parse_response(buffer: &[u8], head_only: bool) -> Option<(Response, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_length = match response.parse(buffer).expect("a valid response head") {
+        httparse::Status::Complete(length) => length,
+        httparse::Status::Partial => return None,
+    };
+    let status = response.code.unwrap();
+    let headers: Vec<(String, String)> = response
+        .headers
+        .iter()
+        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .map(|(_, value)| value.parse().expect("numeric Content-Length"))
+        .unwrap_or(0);
+    let body_length = if head_only || status == 100 || status == 204 {
+        0
+    } else {
+        length
+    };
+    if buffer.len() < head_length + body_length {
+        return None;
+    }
+    let body = buffer[head_length..head_length + body_length].to_vec();
+    Some((
+        Response {
+            status,
+            headers,
+            body,
+        },
+        head_length + body_length,
+    ))
+}
+
+/// One GET on a fresh connection.
+pub fn try_get(port: u16, path: &str) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut buffer = Vec::new();
+    stream.read_to_end(&mut buffer)?;
+    parse_response(&buffer, false)
+        .map(|(response, _)| response)
+        .ok_or_else(|| std::io::Error::new(ErrorKind::UnexpectedEof, "incomplete response"))
+}
+
+/// One GET on a fresh connection; panics on failure.
+pub fn get(port: u16, path: &str) -> Response {
+    try_get(port, path).unwrap_or_else(|error| panic!("GET {path} on port {port}: {error}"))
+}
