@@ -412,3 +412,173 @@ async fn close<T: Transport>(transport: &mut T, linger: bool, linger_timeout: Du
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// Reads come from a script, one chunk per read; writes are collected.
+    struct Script {
+        reads: VecDeque<Vec<u8>>,
+        written: Vec<u8>,
+        shut: bool,
+    }
+
+    impl Transport for Script {
+        async fn read(&mut self, buffer: &mut [u8], _timeout: Duration) -> io::Result<usize> {
+            let Some(mut chunk) = self.reads.pop_front() else {
+                return Ok(0);
+            };
+            let count = chunk.len().min(buffer.len());
+            buffer[..count].copy_from_slice(&chunk[..count]);
+            if count < chunk.len() {
+                self.reads.push_front(chunk.split_off(count));
+            }
+            Ok(count)
+        }
+
+        async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+            self.written.extend_from_slice(bytes);
+            Ok(())
+        }
+
+        fn shutdown_write(&mut self) {
+            self.shut = true;
+        }
+    }
+
+    /// Answers every request with its method, path and body.
+    struct Echo {
+        rejected: RefCell<Vec<RequestError>>,
+    }
+
+    impl Handler for Echo {
+        async fn handle<'a>(&'a self, request: &'a Request<'a>, response: &'a mut Response<'_>) {
+            let mut body = format!("{} {} ", request.method.as_str(), request.path).into_bytes();
+            body.extend_from_slice(request.body);
+            response.send(200, "text/plain", &[], &body);
+        }
+
+        fn reject(&self, error: RequestError, _request_id: Option<&[u8]>, response: &mut Response<'_>) {
+            self.rejected.borrow_mut().push(error);
+            response.send(error.status(), "text/plain", &[], error.code().as_bytes());
+        }
+    }
+
+    struct Quiet;
+
+    impl Control for Quiet {
+        fn draining(&self) -> bool {
+            false
+        }
+        fn set_idle(&self, _idle: bool) {}
+        fn observe_batch(&self, _requests: usize, _elapsed: Duration) {}
+        fn observe_rejection(&self, _error: RequestError) {}
+    }
+
+    fn run(reads: Vec<Vec<u8>>, config: &Config) -> (Vec<String>, Vec<RequestError>, bool) {
+        let mut script = Script {
+            reads: reads.into(),
+            written: Vec::new(),
+            shut: false,
+        };
+        let echo = Echo {
+            rejected: RefCell::new(Vec::new()),
+        };
+        let settings = Settings::from_config(config);
+        futures_lite::future::block_on(serve(&mut script, &echo, &Quiet, &settings));
+        let text = String::from_utf8(script.written).unwrap();
+        // Split into bodies of the responses.
+        let bodies = text
+            .split("HTTP/1.1 ")
+            .filter(|part| !part.is_empty() && !part.starts_with("100 Continue"))
+            .map(|part| part.split_once("\r\n\r\n").unwrap().1.to_string())
+            .collect();
+        (bodies, echo.rejected.into_inner(), script.shut)
+    }
+
+    #[test]
+    fn chunked_body_split_at_every_byte_decodes_the_same() {
+        let request: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+            4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nT: v\r\n\r\n\
+            GET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        let config = Config::default();
+        for split in 1..request.len() {
+            let reads = vec![request[..split].to_vec(), request[split..].to_vec()];
+            let (bodies, rejected, _) = run(reads, &config);
+            assert!(rejected.is_empty(), "split {split}: {rejected:?}");
+            assert_eq!(
+                bodies,
+                ["POST /a Wikipedia in\r\n\r\nchunks.", "GET /b "],
+                "split {split}"
+            );
+        }
+        // And one byte per read.
+        let reads = request.iter().map(|&b| vec![b]).collect();
+        let (bodies, _, _) = run(reads, &config);
+        assert_eq!(bodies, ["POST /a Wikipedia in\r\n\r\nchunks.", "GET /b "]);
+    }
+
+    #[test]
+    fn content_length_body_split_at_every_byte() {
+        let request: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello worldGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        for split in 1..request.len() {
+            let reads = vec![request[..split].to_vec(), request[split..].to_vec()];
+            let (bodies, _, _) = run(reads, &Config::default());
+            assert_eq!(bodies, ["POST /a hello world", "GET /b "], "split {split}");
+        }
+    }
+
+    #[test]
+    fn bodies_larger_than_the_initial_buffer() {
+        let payload = "x".repeat(100_000);
+        let mut request = format!(
+            "POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            payload.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(payload.as_bytes());
+        let reads = request.chunks(7000).map(<[u8]>::to_vec).collect();
+        let (bodies, _, _) = run(reads, &Config::default());
+        assert_eq!(bodies, [format!("POST /big {payload}")]);
+        // Chunked, many small chunks: the buffer holds the decoded body, not the encoding.
+        let mut chunked = b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..10_000 {
+            chunked.extend_from_slice(b"a;some-extension-to-pad=1\r\nxxxxxxxxxx\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let reads = chunked.chunks(1500).map(<[u8]>::to_vec).collect();
+        let (bodies, rejected, _) = run(reads, &Config::default());
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(bodies, [format!("POST /c {}", "x".repeat(100_000))]);
+    }
+
+    #[test]
+    fn a_refused_request_stops_the_pipeline() {
+        let reads = vec![
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n"
+                .to_vec(),
+        ];
+        let (bodies, rejected, shut) = run(reads, &Config::default());
+        assert_eq!(bodies, ["GET /a ", "invalid_host"]);
+        assert_eq!(rejected, [RequestError::BadRequest("invalid_host")]);
+        assert!(shut);
+    }
+
+    #[test]
+    fn oversized_bodies_are_refused_before_reading_them() {
+        let mut config = Config::default();
+        config.limits.body_bytes_max = 10;
+        let reads = vec![b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n".to_vec()];
+        let (bodies, rejected, _) = run(reads, &config);
+        assert_eq!(bodies, ["body_too_large"]);
+        assert_eq!(rejected, [RequestError::BodyTooLarge]);
+        let reads = vec![b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n123456\r\n5\r\n12345\r\n0\r\n\r\n".to_vec()];
+        let (_, rejected, _) = run(reads, &config);
+        assert_eq!(rejected, [RequestError::BodyTooLarge]);
+    }
+}
