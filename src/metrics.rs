@@ -211,6 +211,11 @@ pub struct Snapshot {
     pub mesh_backpressure: Vec<u64>,
 }
 
+/// Reads one per-shard value from a snapshot.
+type Gauge = fn(&Snapshot) -> u64;
+/// Reads per-peer values from a snapshot.
+type PerPeer = fn(&Snapshot) -> &Vec<u64>;
+
 /// Renders snapshots as Prometheus text exposition format 0.0.4.
 pub fn render(snapshots: &[Snapshot]) -> String {
     let mut out = String::with_capacity(4096 + snapshots.len() * 2048);
@@ -264,7 +269,7 @@ pub fn render(snapshots: &[Snapshot]) -> String {
             snapshot.shard, cumulative
         );
     }
-    let simple: [(&str, &str, &str, fn(&Snapshot) -> u64); 4] = [
+    let simple: [(&str, &str, &str, Gauge); 4] = [
         (
             "shardpay_connections_open",
             "gauge",
@@ -311,7 +316,7 @@ pub fn render(snapshots: &[Snapshot]) -> String {
             );
         }
     }
-    let mesh: [(&str, &str, fn(&Snapshot) -> &Vec<u64>); 3] = [
+    let mesh: [(&str, &str, PerPeer); 3] = [
         (
             "shardpay_mesh_messages_sent_total",
             "Messages sent to another shard.",

@@ -375,7 +375,8 @@ fn config_precedence_cli_over_environment_over_file() {
 
 #[test]
 fn bad_configuration_is_one_line_naming_the_key_and_exit_2() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 5] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 5] = [
         (
             &[],
             &[("SHARDPAY_LIMITS_BODY_BYTES_MAX", "lots")],

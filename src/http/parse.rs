@@ -375,21 +375,13 @@ mod tests {
 
     #[test]
     fn keep_alive_defaults() {
-        assert_eq!(parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().1, false);
-        assert_eq!(
-            parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-                .unwrap()
-                .unwrap()
-                .1,
-            true
-        );
-        assert_eq!(
-            parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n")
-                .unwrap()
-                .unwrap()
-                .1,
-            false
-        );
+        let keep_alive = |raw: &str| parse(raw).unwrap().unwrap().1;
+        assert!(!keep_alive("GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep_alive("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(!keep_alive(
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n"
+        ));
+        assert!(keep_alive("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
     }
 
     #[test]
