@@ -429,3 +429,54 @@ fn a_port_in_use_fails_start_up_clearly() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_full_mesh_queue_applies_backpressure_without_losing_requests() {
+    // Queues of one message: concurrent /v1/cluster requests on shard 0 must wait for room in
+    // shard 1's queue, and every one must still be answered.
+    let server = Server::start(2, &[("SHARDPAY_MESH_QUEUE_DEPTH", "1")]);
+    let port = server.shard_port(0);
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut client = Client::connect(port);
+                let request = b"GET /v1/cluster HTTP/1.1\r\nHost: t\r\n\r\n".repeat(20);
+                client.send(&request);
+                for _ in 0..20 {
+                    let response = client.read_response();
+                    assert_eq!(response.status, 200);
+                    assert_eq!(response.json()["ranges"].as_array().unwrap().len(), 2);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let text = get(server.shard_port(1), "/metrics").text();
+    let received = text
+        .lines()
+        .find(|l| l.starts_with("shardpay_mesh_messages_received_total{shard=\"1\",peer=\"0\"}"))
+        .unwrap();
+    let received: u64 = received.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(received >= 320, "{text}");
+    let waited = text
+        .lines()
+        .find(|l| l.starts_with("shardpay_mesh_backpressure_total{shard=\"0\",peer=\"1\"}"))
+        .unwrap();
+    let waited: u64 = waited.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        waited > 0,
+        "sixteen connections on one queue of one must have waited: {text}"
+    );
+}
+
+#[test]
+fn json_logs() {
+    let server = Server::start(1, &[("SHARDPAY_LOG_FORMAT", "json"), ("RUST_LOG", "info")]);
+    let stderr = server.stderr();
+    let first = stderr.lines().next().expect("a log line");
+    let line: serde_json::Value = serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["fields"]["message"], "starting");
+}
