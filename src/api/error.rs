@@ -83,14 +83,15 @@ impl ApiError {
 }
 
 impl From<RequestError> for ApiError {
+    /// Requests refused by the codec are the client's to fix, including 501 and 505 (a transfer
+    /// coding or version this server does not take): all are `invalid_request_error`.
     fn from(error: RequestError) -> Self {
-        let status = error.status();
-        let kind = if status >= 500 {
-            ErrorType::ApiError
-        } else {
-            ErrorType::InvalidRequestError
-        };
-        ApiError::new(status, kind, error.code(), error.message())
+        ApiError::new(
+            error.status(),
+            ErrorType::InvalidRequestError,
+            error.code(),
+            error.message(),
+        )
     }
 }
 

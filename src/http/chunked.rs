@@ -56,6 +56,8 @@ pub struct ChunkedDecoder {
     remaining: u64,
     extension_bytes: usize,
     trailer_bytes: usize,
+    /// The current trailer line has its colon.
+    trailer_colon: bool,
 }
 
 impl Default for ChunkedDecoder {
@@ -73,6 +75,7 @@ impl ChunkedDecoder {
             remaining: 0,
             extension_bytes: 0,
             trailer_bytes: 0,
+            trailer_colon: false,
         }
     }
 
@@ -108,6 +111,7 @@ impl ChunkedDecoder {
                 }
                 State::Size => match byte {
                     b'\r' => State::SizeLf,
+                    b'\n' => return Err(ChunkedError::Invalid("invalid_chunk_line")),
                     b';' | b' ' | b'\t' => {
                         self.extension_bytes = 1;
                         State::Extension
@@ -124,6 +128,7 @@ impl ChunkedDecoder {
                 },
                 State::Extension => match byte {
                     b'\r' => State::SizeLf,
+                    b'\n' => return Err(ChunkedError::Invalid("invalid_chunk_line")),
                     b'\t' | b' '..=b'~' | 0x80..=0xff => {
                         self.extension_bytes += 1;
                         if self.extension_bytes > EXTENSION_BYTES_MAX {
@@ -161,17 +166,20 @@ impl ChunkedDecoder {
                 }
                 State::TrailerStart => match byte {
                     b'\r' => State::FinalLf,
-                    b'\n' => return Err(ChunkedError::Invalid("invalid_trailer")),
+                    // A line feed alone, or obs-fold (RFC 9112 §5.2), is not a field line.
+                    b'\n' | b' ' | b'\t' | b':' => return Err(ChunkedError::Invalid("invalid_trailer")),
                     _ => {
                         self.count_trailer(trailer_bytes_max)?;
+                        self.trailer_colon = false;
                         State::Trailer
                     }
                 },
                 State::Trailer => match byte {
-                    b'\r' => State::TrailerLf,
-                    b'\n' => return Err(ChunkedError::Invalid("invalid_trailer")),
+                    b'\r' if self.trailer_colon => State::TrailerLf,
+                    b'\r' | b'\n' | 0x00 => return Err(ChunkedError::Invalid("invalid_trailer")),
                     _ => {
                         self.count_trailer(trailer_bytes_max)?;
+                        self.trailer_colon |= byte == b':';
                         State::Trailer
                     }
                 },
@@ -293,6 +301,9 @@ mod tests {
             b"5;a\x00\r\n",
             b"0\r\n\n",
             b"0\r\nX: 1\n\r\n",
+            b"0\r\nno-colon\r\n\r\n",
+            b"0\r\n folded: 1\r\n\r\n",
+            b"0\r\n: empty-name\r\n\r\n",
         ] {
             assert!(
                 matches!(decode_all(bad), Err(ChunkedError::Invalid(_))),

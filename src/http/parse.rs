@@ -129,25 +129,16 @@ pub fn parse_head<'b>(
             return Ok(None);
         }
         Err(httparse::Error::TooManyHeaders) => return Err(RequestError::HeaderTooLarge),
-        Err(httparse::Error::Version) => {
-            // httparse accepts only HTTP/1.0 and HTTP/1.1: anything else that looks like a version
-            // is refused as such (RFC 9110 §15.6.6), the rest is malformed.
-            return Err(if buffer.windows(5).any(|w| w == b"HTTP/") {
-                RequestError::VersionNotSupported
-            } else {
-                RequestError::BadRequest("invalid_request_line")
-            });
+        Err(_) => {
+            // Too long is what the client must fix first, whatever else is wrong.
+            check_partial(buffer, limits)?;
+            return Err(classify_error(buffer));
         }
-        Err(httparse::Error::Token) | Err(httparse::Error::Status) => {
-            return Err(RequestError::BadRequest("invalid_request_line"))
-        }
-        Err(_) => return Err(RequestError::BadRequest("invalid_header")),
     };
     if length > limits.header_bytes_max {
         return Err(RequestError::HeaderTooLarge);
     }
-    let line_end = buffer.iter().position(|&b| b == b'\n').unwrap_or(length);
-    if line_end > limits.request_line_bytes_max {
+    if request_line(buffer).len() > limits.request_line_bytes_max {
         return Err(RequestError::UriTooLong);
     }
     let method = Method::from_token(request.method.unwrap_or(""));
@@ -174,14 +165,71 @@ pub fn parse_head<'b>(
 
 /// A head that is still arriving may already be too long.
 fn check_partial(buffer: &[u8], limits: HeadLimits) -> Result<(), RequestError> {
-    let line_window = &buffer[..buffer.len().min(limits.request_line_bytes_max + 1)];
-    if buffer.len() > limits.request_line_bytes_max && !line_window.contains(&b'\n') {
+    let start = leading_empty_lines(buffer);
+    let line_window = &buffer[start..buffer.len().min(start + limits.request_line_bytes_max + 2)];
+    let line_complete = line_window.contains(&b'\n');
+    if !line_complete && buffer.len() - start > limits.request_line_bytes_max {
+        return Err(RequestError::UriTooLong);
+    }
+    if line_complete && request_line(buffer).len() > limits.request_line_bytes_max {
         return Err(RequestError::UriTooLong);
     }
     if buffer.len() > limits.header_bytes_max {
         return Err(RequestError::HeaderTooLarge);
     }
     Ok(())
+}
+
+/// Bytes of the empty lines a server skips before the request line (RFC 9112 §2.2).
+fn leading_empty_lines(buffer: &[u8]) -> usize {
+    let mut start = 0;
+    loop {
+        if buffer[start..].starts_with(b"\r\n") {
+            start += 2;
+        } else if buffer[start..].starts_with(b"\n") {
+            start += 1;
+        } else {
+            return start;
+        }
+    }
+}
+
+/// The request line without its line ending (or everything received, if it has none yet).
+fn request_line(buffer: &[u8]) -> &[u8] {
+    let line = &buffer[leading_empty_lines(buffer)..];
+    let line = match line.iter().position(|&b| b == b'\n') {
+        Some(end) => &line[..end],
+        None => line,
+    };
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Which part of a head httparse refused: the request line (400, or 505 for a well-formed version
+/// other than 1.0 and 1.1) or a header field.
+fn classify_error(buffer: &[u8]) -> RequestError {
+    let line = request_line(buffer);
+    let mut probe = Vec::with_capacity(line.len() + 4);
+    probe.extend_from_slice(line);
+    probe.extend_from_slice(b"\r\n\r\n");
+    let mut no_headers = [];
+    match httparse::Request::new(&mut no_headers).parse(&probe) {
+        // The line alone parses: the fault is in a header field.
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => RequestError::BadRequest("invalid_header"),
+        Err(_) => {
+            let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+            let well_formed_version = version.len() == 8
+                && version.starts_with(b"HTTP/")
+                && version[5].is_ascii_digit()
+                && version[6] == b'.'
+                && version[7].is_ascii_digit()
+                && line.iter().filter(|&&b| b == b' ').count() == 2;
+            if well_formed_version {
+                RequestError::VersionNotSupported
+            } else {
+                RequestError::BadRequest("invalid_request_line")
+            }
+        }
+    }
 }
 
 /// Splits the request target into path and query (RFC 9112 §3.2). Origin-form is the norm;
@@ -487,6 +535,48 @@ mod tests {
         assert_eq!(
             rejected(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")),
             RequestError::HeaderTooLarge
+        );
+    }
+
+    #[test]
+    fn request_line_limit_is_exact_and_skips_leading_empty_lines() {
+        // "GET /aaa… HTTP/1.1" of exactly 64 bytes is accepted, 65 is not.
+        let line = |length: usize| format!("GET /{} HTTP/1.1", "a".repeat(length - 14));
+        assert_eq!(line(64).len(), 64);
+        assert!(parse(&format!("{}\r\nHost: x\r\n\r\n", line(64))).is_ok());
+        assert_eq!(
+            rejected(&format!("{}\r\nHost: x\r\n\r\n", line(65))),
+            RequestError::UriTooLong
+        );
+        assert_eq!(
+            rejected(&format!("\r\n\n{}\r\nHost: x\r\n\r\n", line(65))),
+            RequestError::UriTooLong
+        );
+        assert_eq!(
+            rejected(&format!("\r\nGET /{}", "a".repeat(70))),
+            RequestError::UriTooLong
+        );
+        assert_eq!(parse(&format!("\r\nGET /{}", "a".repeat(50))).unwrap(), None);
+    }
+
+    #[test]
+    fn version_errors_are_judged_on_the_request_line_only() {
+        let bad = RequestError::BadRequest("invalid_request_line");
+        assert_eq!(rejected("GET /plain text HTTP/1.1\r\nHost: t\r\n\r\n"), bad);
+        assert_eq!(rejected("GET /plaintext  HTTP/1.1\r\nHost: t\r\n\r\n"), bad);
+        assert_eq!(
+            rejected("GET / http/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n"),
+            bad
+        );
+        assert_eq!(rejected("GET / HTTP/1.1 \r\nHost: t\r\n\r\n"), bad);
+        assert_eq!(rejected("GET / HTTP/1.10\r\nHost: t\r\n\r\n"), bad);
+        assert_eq!(
+            rejected("GET / HTTP/3.0\r\nHost: t\r\n\r\n"),
+            RequestError::VersionNotSupported
+        );
+        assert_eq!(
+            rejected("GET / HTTP/1.1\r\nHost: t\r\nX: a\x01b\r\n\r\n"),
+            RequestError::BadRequest("invalid_header")
         );
     }
 
