@@ -17,13 +17,16 @@ use crate::shard::{self, Launch, Shard, ShardError};
 pub fn serve(config: Config) -> Result<(), ShardError> {
     let config = Arc::new(config);
     let launch = Launch::new(config.clone())?;
+    // The first SIGINT or SIGTERM starts the drain; a second one while draining exits at once
+    // with status 1 (handlers run in registration order, so the check sees the earlier signal).
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, launch.cluster.shutdown_flag()).map_err(|error| {
-            ShardError::Spawn {
+        let flag = launch.cluster.shutdown_flag();
+        signal_hook::flag::register_conditional_shutdown(signal, 1, flag.clone())
+            .and_then(|_| signal_hook::flag::register(signal, flag))
+            .map_err(|error| ShardError::Spawn {
                 shard: 0,
                 message: format!("cannot install the signal handler: {error}"),
-            }
-        })?;
+            })?;
     }
     let cluster = launch.cluster.clone();
     tracing::info!(

@@ -331,6 +331,25 @@ fn drain_deadline_bounds_shutdown() {
     assert!(status.success(), "{status}");
 }
 
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut server = Server::start(1, &[("SHARDPAY_SERVER_DRAIN_TIMEOUT_MS", "60000")]);
+    let mut stuck = server.connect();
+    stuck.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n");
+    std::thread::sleep(Duration::from_millis(100));
+    server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.wait_exit(Duration::from_millis(10)).is_none(),
+        "still draining"
+    );
+    server.signal(libc::SIGINT);
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("the second signal ends it");
+    assert_eq!(status.code(), Some(1));
+}
+
 fn check_config(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     Command::new(binary())
         .arg("check-config")

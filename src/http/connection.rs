@@ -18,6 +18,8 @@ use crate::config::{Config, HEADER_COUNT_LIMIT};
 
 /// Bytes each connection's read buffer starts with; it grows up to the head and body limits.
 pub const READ_BUFFER_BYTES_INITIAL: usize = 4096;
+/// Output buffer capacity kept between batches; a larger one is released after its write.
+const OUTPUT_BUFFER_BYTES_KEPT: usize = 64 * 1024;
 /// Most bytes read and thrown away while lingering before a close.
 const LINGER_BYTES_MAX: usize = 1 << 20;
 /// The interim response to `Expect: 100-continue` (RFC 9110 §10.1.1).
@@ -154,6 +156,29 @@ impl ReadBuffer {
     }
 }
 
+/// Header slots for httparse, allocated once per connection (sized by `limits.header_count_max`)
+/// rather than held as a large array in every connection's future.
+struct HeaderSlots(Vec<MaybeUninit<httparse::Header<'static>>>);
+
+impl HeaderSlots {
+    fn new(count: usize) -> Self {
+        HeaderSlots((0..count).map(|_| MaybeUninit::uninit()).collect())
+    }
+
+    /// The slots, typed for headers that borrow from a buffer living for `'b`.
+    fn get<'b>(&mut self) -> &mut [MaybeUninit<httparse::Header<'b>>] {
+        let slots: &mut [MaybeUninit<httparse::Header<'static>>] = &mut self.0;
+        // SAFETY: only the lifetime parameter changes; the layout is identical. The slots are
+        // uninitialised storage: httparse writes each slot it hands back during a parse, and no
+        // slot is read after the borrow of that parse's buffer has ended (every request parses
+        // the head again into the slots before reading them).
+        unsafe {
+            &mut *(slots as *mut [MaybeUninit<httparse::Header<'static>>]
+                as *mut [MaybeUninit<httparse::Header<'b>>])
+        }
+    }
+}
+
 /// What the connection needs before it can go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wait {
@@ -184,6 +209,7 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
     let mut body: Vec<u8> = Vec::new();
     let mut chunked: Option<ChunkedDecoder> = None;
     let mut continue_sent = false;
+    let mut header_slots = HeaderSlots::new(settings.header_count_max);
     // The header deadline of the first request runs from the connection's start.
     let mut head_started = Instant::now();
     let mut batch_started = head_started;
@@ -201,9 +227,8 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
                 output.clear();
             }
             control.set_idle(false);
-            let mut headers = [const { MaybeUninit::uninit() }; HEADER_COUNT_LIMIT];
             let bytes = input.bytes();
-            let head = match parse_head(bytes, &mut headers[..settings.header_count_max], settings.head) {
+            let head = match parse_head(bytes, header_slots.get(), settings.head) {
                 Ok(Some(head)) => head,
                 Ok(None) => break Next::Read(Wait::Head),
                 Err(error) => {
@@ -300,7 +325,8 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
             if body.capacity() > 4 * READ_BUFFER_BYTES_INITIAL {
                 body = Vec::new();
             }
-            head_started = Instant::now();
+            // A pipelined request that follows arrived in the same read as this one, or later.
+            head_started = batch_started;
             if closes {
                 break Next::Close { linger: false };
             }
@@ -310,6 +336,10 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
                 return;
             }
             output.clear();
+            if output.capacity() > OUTPUT_BUFFER_BYTES_KEPT {
+                // A deep pipeline or a large response grew it; do not keep that per idle connection.
+                output = Vec::with_capacity(READ_BUFFER_BYTES_INITIAL);
+            }
         }
         if served > 0 {
             control.observe_batch(served, batch_started.elapsed());
@@ -400,7 +430,8 @@ async fn close<T: Transport>(transport: &mut T, linger: bool, linger_timeout: Du
         return;
     }
     let deadline = Instant::now() + linger_timeout;
-    let mut scratch = [0u8; 4096];
+    // On the heap: an array here would be part of every connection's future.
+    let mut scratch = vec![0u8; 4096];
     let mut discarded = 0usize;
     while discarded < LINGER_BYTES_MAX {
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
@@ -580,5 +611,49 @@ mod tests {
         let reads = vec![b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n123456\r\n5\r\n12345\r\n0\r\n\r\n".to_vec()];
         let (_, rejected, _) = run(reads, &config);
         assert_eq!(rejected, [RequestError::BodyTooLarge]);
+    }
+}
+
+#[cfg(test)]
+mod footprint {
+    use super::*;
+
+    struct Nothing;
+
+    impl Transport for Nothing {
+        async fn read(&mut self, _: &mut [u8], _: Duration) -> io::Result<usize> {
+            Ok(0)
+        }
+        async fn write_all(&mut self, _: &[u8]) -> io::Result<()> {
+            Ok(())
+        }
+        fn shutdown_write(&mut self) {}
+    }
+
+    impl Handler for Nothing {
+        async fn handle<'a>(&'a self, _: &'a Request<'a>, response: &'a mut Response<'_>) {
+            response.send(204, "", &[], b"");
+        }
+        fn reject(&self, _: RequestError, _: Option<&[u8]>, _: &mut Response<'_>) {}
+    }
+
+    impl Control for Nothing {
+        fn draining(&self) -> bool {
+            false
+        }
+        fn set_idle(&self, _: bool) {}
+        fn observe_batch(&self, _: usize, _: Duration) {}
+        fn observe_rejection(&self, _: RequestError) {}
+    }
+
+    /// Regression: header slots (8 KiB) and the linger buffer (4 KiB) used to live in every
+    /// connection's future, about 8.7 KiB per idle connection before any buffer.
+    #[test]
+    fn connection_future_stays_small() {
+        let settings = Settings::from_config(&Config::default());
+        let mut transport = Nothing;
+        let future = serve(&mut transport, &Nothing, &Nothing, &settings);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 1024, "the connection future is {size} bytes");
     }
 }
