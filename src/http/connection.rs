@@ -173,8 +173,10 @@ impl HeaderSlots {
         // slot is read after the borrow of that parse's buffer has ended (every request parses
         // the head again into the slots before reading them).
         unsafe {
-            &mut *(slots as *mut [MaybeUninit<httparse::Header<'static>>]
-                as *mut [MaybeUninit<httparse::Header<'b>>])
+            std::slice::from_raw_parts_mut(
+                slots.as_mut_ptr().cast::<MaybeUninit<httparse::Header<'b>>>(),
+                slots.len(),
+            )
         }
     }
 }
