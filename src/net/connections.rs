@@ -1,23 +1,36 @@
-//! The shard's set of open connections: the per-shard limit, and graceful drain — idle
-//! connections are woken (their read side shut) so they close at once, busy ones finish their
-//! requests and close after answering. Shard-local (`Rc`/`Cell`), never shared between threads.
+//! The shard's set of open connections: the per-shard limit, coarse read deadlines, and graceful
+//! drain. Shard-local (`Rc`/`Cell`), never shared between threads.
+//!
+//! Deadlines cost a connection two `Cell` writes per read: it arms a deadline on the shard's
+//! coarse clock before reading and disarms it after. The shard's ticker ([`Connections::tick`])
+//! advances the clock and expires overdue connections by shutting their read side, which ends the
+//! pending read; the connection then sees [`Registration::expired`]. No timer is registered per
+//! read. Deadlines fire between their duration and that plus two ticks.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
-/// One connection's slot.
-struct Slot {
+/// One connection's state, shared between the connection and the registry.
+struct State {
     fd: RawFd,
-    idle: bool,
+    idle: Cell<bool>,
+    /// Coarse-clock millisecond at which the pending read expires; 0 when none is armed.
+    deadline_ms: Cell<u64>,
+    expired: Cell<bool>,
 }
 
 /// Open connections of one shard.
 pub struct Connections {
     max: usize,
-    slots: RefCell<Vec<Option<Slot>>>,
+    tick: Duration,
+    epoch: Instant,
+    /// Milliseconds since `epoch`, as of the last tick.
+    now_ms: Cell<u64>,
+    slots: RefCell<Vec<Option<Rc<State>>>>,
     free: RefCell<Vec<usize>>,
     open: Cell<usize>,
     draining: Cell<bool>,
@@ -26,10 +39,13 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// At most `max` open connections.
-    pub fn new(max: usize) -> Rc<Connections> {
+    /// At most `max` open connections; deadlines are checked every `tick`.
+    pub fn new(max: usize, tick: Duration) -> Rc<Connections> {
         Rc::new(Connections {
             max,
+            tick,
+            epoch: Instant::now(),
+            now_ms: Cell::new(0),
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             open: Cell::new(0),
@@ -43,21 +59,27 @@ impl Connections {
         if self.open.get() >= self.max || self.draining.get() {
             return None;
         }
-        let slot = Slot { fd, idle: false };
+        let state = Rc::new(State {
+            fd,
+            idle: Cell::new(false),
+            deadline_ms: Cell::new(0),
+            expired: Cell::new(false),
+        });
         let index = match self.free.borrow_mut().pop() {
             Some(index) => {
-                self.slots.borrow_mut()[index] = Some(slot);
+                self.slots.borrow_mut()[index] = Some(state.clone());
                 index
             }
             None => {
                 let mut slots = self.slots.borrow_mut();
-                slots.push(Some(slot));
+                slots.push(Some(state.clone()));
                 slots.len() - 1
             }
         };
         self.open.set(self.open.get() + 1);
         Some(Registration {
             connections: self.clone(),
+            state,
             index,
         })
     }
@@ -72,14 +94,28 @@ impl Connections {
         self.draining.get()
     }
 
+    /// Advances the coarse clock and expires every connection whose read deadline has passed.
+    /// Called by the shard's ticker.
+    pub fn tick(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.now_ms.set(now);
+        for state in self.slots.borrow().iter().flatten() {
+            let deadline = state.deadline_ms.get();
+            if deadline != 0 && deadline <= now && !state.expired.get() {
+                state.expired.set(true);
+                shut_read(state.fd);
+            }
+        }
+    }
+
     /// Starts the drain: stop accepting, close idle connections now, busy ones after their response.
     pub fn start_drain(&self) {
         if self.draining.replace(true) {
             return;
         }
-        for slot in self.slots.borrow().iter().flatten() {
-            if slot.idle {
-                wake_idle(slot.fd);
+        for state in self.slots.borrow().iter().flatten() {
+            if state.idle.get() {
+                shut_read(state.fd);
             }
         }
         self.wake_all();
@@ -129,9 +165,10 @@ impl Connections {
     }
 }
 
-/// Shuts the read side of an idle connection, so its pending read returns end-of-stream.
-fn wake_idle(fd: RawFd) {
-    // SAFETY: the descriptor belongs to a registered, open connection of this shard.
+/// Shuts the read side of a connection, so its pending read returns end-of-stream.
+fn shut_read(fd: RawFd) {
+    // SAFETY: the descriptor belongs to a registered, open connection of this shard (a
+    // connection unregisters before its descriptor is closed).
     unsafe {
         libc::shutdown(fd, libc::SHUT_RD);
     }
@@ -140,10 +177,19 @@ fn wake_idle(fd: RawFd) {
 /// A connection's membership in [`Connections`]; dropping it unregisters the connection.
 pub struct Registration {
     connections: Rc<Connections>,
+    state: Rc<State>,
     index: usize,
 }
 
-impl Registration {
+/// The drain-facing view of a registered connection, held by the code that knows when the
+/// connection is idle.
+#[derive(Clone)]
+pub struct Presence {
+    connections: Rc<Connections>,
+    state: Rc<State>,
+}
+
+impl Presence {
     /// Whether the shard is draining.
     pub fn draining(&self) -> bool {
         self.connections.draining.get()
@@ -152,13 +198,44 @@ impl Registration {
     /// Marks the connection idle (waiting for a request) or busy. An idle connection of a
     /// draining shard is woken to close.
     pub fn set_idle(&self, idle: bool) {
-        let mut slots = self.connections.slots.borrow_mut();
-        if let Some(slot) = slots[self.index].as_mut() {
-            slot.idle = idle;
-            if idle && self.connections.draining.get() {
-                wake_idle(slot.fd);
-            }
+        self.state.idle.set(idle);
+        if idle && self.connections.draining.get() {
+            shut_read(self.state.fd);
         }
+    }
+}
+
+impl Registration {
+    /// A handle for idle tracking and the drain state.
+    pub fn presence(&self) -> Presence {
+        Presence {
+            connections: self.connections.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// Arms a read deadline `timeout` from now (rounded up to the shard's tick).
+    pub fn arm(&self, timeout: Duration) {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX / 2);
+        let tick_ms = self.connections.tick.as_millis() as u64;
+        // The clock may be up to one tick old: add a tick so a deadline never fires early.
+        let deadline = self
+            .connections
+            .now_ms
+            .get()
+            .saturating_add(timeout_ms)
+            .saturating_add(tick_ms);
+        self.state.deadline_ms.set(deadline.max(1));
+    }
+
+    /// Disarms the read deadline.
+    pub fn disarm(&self) {
+        self.state.deadline_ms.set(0);
+    }
+
+    /// Whether a deadline expired (the read side is then shut).
+    pub fn expired(&self) -> bool {
+        self.state.expired.get()
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_lite::AsyncWriteExt;
 use socket2::{Domain, Protocol, Socket, Type};
 
-pub use connections::{Connections, Registration};
+pub use connections::{Connections, Presence, Registration};
 
 use crate::http::connection::{self, Settings, Transport};
 use crate::http::Handler;
@@ -55,21 +55,19 @@ impl Listener {
     }
 }
 
-/// An accepted TCP connection.
+/// An accepted TCP connection, registered with its shard.
 pub struct Stream {
     inner: glommio::net::TcpStream,
-    read_timeout: Option<Duration>,
+    registration: Registration,
 }
 
 impl Stream {
-    fn new(inner: glommio::net::TcpStream, write_timeout: Duration) -> Stream {
+    fn new(inner: glommio::net::TcpStream, registration: Registration, write_timeout: Duration) -> Stream {
         // Responses are written whole; Nagle would only delay them.
         let _ = inner.set_nodelay(true);
+        // glommio arms this timer only when a write would block, so it costs nothing otherwise.
         let _ = inner.set_write_timeout(Some(write_timeout));
-        Stream {
-            inner,
-            read_timeout: None,
-        }
+        Stream { inner, registration }
     }
 
     fn raw_fd(&self) -> RawFd {
@@ -79,13 +77,14 @@ impl Stream {
 
 impl Transport for Stream {
     async fn read(&mut self, buffer: &mut [u8], timeout: Duration) -> io::Result<usize> {
-        if self.read_timeout != Some(timeout) {
-            self.inner
-                .set_read_timeout(Some(timeout))
-                .map_err(io::Error::from)?;
-            self.read_timeout = Some(timeout);
+        // A coarse shard deadline rather than a glommio timer per read (see `connections`).
+        self.registration.arm(timeout);
+        let result = futures_lite::AsyncReadExt::read(&mut self.inner, buffer).await;
+        self.registration.disarm();
+        match result {
+            Ok(0) if self.registration.expired() => Err(io::ErrorKind::TimedOut.into()),
+            other => other,
         }
-        futures_lite::AsyncReadExt::read(&mut self.inner, buffer).await
     }
 
     async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -139,8 +138,7 @@ pub async fn accept_loop<H: Handler + 'static>(
                 continue;
             }
         };
-        let stream = Stream::new(stream, write_timeout);
-        let Some(registration) = connections.register(stream.raw_fd()) else {
+        let Some(registration) = connections.register(stream.as_raw_fd()) else {
             metrics
                 .connections_rejected
                 .set(metrics.connections_rejected.get() + 1);
@@ -154,11 +152,11 @@ pub async fn accept_loop<H: Handler + 'static>(
         let settings = settings.clone();
         let metrics = metrics.clone();
         glommio::spawn_local(async move {
-            let mut stream = stream;
             let control = ConnectionControl {
-                registration,
+                presence: registration.presence(),
                 metrics,
             };
+            let mut stream = Stream::new(stream, registration, write_timeout);
             connection::serve(&mut stream, &*handler, &control, &settings).await;
         })
         .detach();
@@ -167,17 +165,17 @@ pub async fn accept_loop<H: Handler + 'static>(
 
 /// The codec's view of its shard: drain state, idle tracking and metrics.
 struct ConnectionControl {
-    registration: Registration,
+    presence: Presence,
     metrics: Rc<ShardMetrics>,
 }
 
 impl connection::Control for ConnectionControl {
     fn draining(&self) -> bool {
-        self.registration.draining()
+        self.presence.draining()
     }
 
     fn set_idle(&self, idle: bool) {
-        self.registration.set_idle(idle);
+        self.presence.set_idle(idle);
     }
 
     fn observe_batch(&self, requests: usize, elapsed: Duration) {

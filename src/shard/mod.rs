@@ -25,7 +25,8 @@ use mesh::{Mesh, MeshError};
 /// Number of hash slots users are partitioned into; slots map to shards in contiguous ranges.
 pub const SLOT_COUNT: u32 = 16384;
 
-/// How often each shard refreshes its `Date` and looks for a shutdown request.
+/// How often each shard refreshes its `Date`, expires connection deadlines and looks for a
+/// shutdown request.
 const TICK: Duration = Duration::from_millis(100);
 
 /// The first and last slot (inclusive) owned by `shard` of `shards`.
@@ -287,7 +288,7 @@ impl Launch {
                 let cluster = shard_cluster;
                 let (first_slot, last_slot) = slot_range(shard, shards);
                 let metrics = Rc::new(ShardMetrics::new(shard, shards, routes));
-                let connections = Connections::new(config.limits.connections_per_shard_max);
+                let connections = Connections::new(config.limits.connections_per_shard_max, TICK);
                 let reply_timeout = Duration::from_millis(config.mesh.reply_timeout_ms);
                 let (mesh, receivers) = ends.connect(reply_timeout, metrics.clone()).await;
                 let info = ShardInfo {
@@ -353,10 +354,12 @@ impl Launch {
     }
 }
 
-/// Per-shard housekeeping: the cached `Date`, and starting the drain once shutdown is requested.
+/// Per-shard housekeeping: the cached `Date`, connection deadlines, and starting the drain once
+/// shutdown is requested.
 async fn tick(cluster: Arc<Cluster>, connections: Rc<Connections>) {
     loop {
         date::refresh();
+        connections.tick();
         if cluster.shutdown.load(Ordering::Relaxed) && !connections.draining() {
             connections.start_drain();
         }
