@@ -614,47 +614,21 @@ mod tests {
         let (_, rejected, _) = run(reads, &config);
         assert_eq!(rejected, [RequestError::BodyTooLarge]);
     }
-}
-
-#[cfg(test)]
-mod footprint {
-    use super::*;
-
-    struct Nothing;
-
-    impl Transport for Nothing {
-        async fn read(&mut self, _: &mut [u8], _: Duration) -> io::Result<usize> {
-            Ok(0)
-        }
-        async fn write_all(&mut self, _: &[u8]) -> io::Result<()> {
-            Ok(())
-        }
-        fn shutdown_write(&mut self) {}
-    }
-
-    impl Handler for Nothing {
-        async fn handle<'a>(&'a self, _: &'a Request<'a>, response: &'a mut Response<'_>) {
-            response.send(204, "", &[], b"");
-        }
-        fn reject(&self, _: RequestError, _: Option<&[u8]>, _: &mut Response<'_>) {}
-    }
-
-    impl Control for Nothing {
-        fn draining(&self) -> bool {
-            false
-        }
-        fn set_idle(&self, _: bool) {}
-        fn observe_batch(&self, _: usize, _: Duration) {}
-        fn observe_rejection(&self, _: RequestError) {}
-    }
 
     /// Regression: header slots (8 KiB) and the linger buffer (4 KiB) used to live in every
     /// connection's future, about 8.7 KiB per idle connection before any buffer.
     #[test]
     fn connection_future_stays_small() {
         let settings = Settings::from_config(&Config::default());
-        let mut transport = Nothing;
-        let future = serve(&mut transport, &Nothing, &Nothing, &settings);
+        let mut script = Script {
+            reads: VecDeque::new(),
+            written: Vec::new(),
+            shut: false,
+        };
+        let echo = Echo {
+            rejected: RefCell::new(Vec::new()),
+        };
+        let future = serve(&mut script, &echo, &Quiet, &settings);
         let size = std::mem::size_of_val(&future);
         assert!(size <= 1024, "the connection future is {size} bytes");
     }
