@@ -2,14 +2,25 @@
 # Server-core benchmark: shardpay versus a bare glommio loop and actix-web,
 # each on ONE core (CPU 1), driven by wrk pinned to the other core (CPU 0).
 #
-# For every target and test: a short warm-up run (not counted), then the
-# measured wrk run. The server's CPU time (utime + stime from /proc/PID/stat)
-# is read right before and right after the measured run, giving server
-# CPU-microseconds per request, the main figure of merit (on a 2-core machine
-# wrk itself may be the bottleneck, so requests/s alone can hide differences).
+# Every run: start the server fresh, a short warm-up run (not counted), the
+# measured wrk run, stop the server. The server's CPU time (utime + stime from
+# /proc/PID/stat) is read right before and right after the measured run,
+# giving server CPU-microseconds per request, the main figure of merit (on a
+# 2-core machine wrk itself may be the bottleneck, so requests/s alone can
+# hide differences).
 #
-# Usage: scripts/bench.sh [--duration S] [--targets LIST] [--tests LIST]
-#                         [--connections N] [--name NAME] [--no-build]
+# The machine is noisy (CPU-us/request varies by 5-8% from run to run), so the
+# whole matrix is run --rounds times, interleaved so that a drift in machine
+# speed hits every target alike: for each round, for each test, for each
+# target, with the target order rotated every round (round 1: A B C, round 2:
+# B C A, round 3: C A B). Reported per (target, test): medians over rounds,
+# and the min-max of CPU-us/request; ratios are taken within a round and test
+# and reported as median [min-max] over rounds.
+#
+# Usage: scripts/bench.sh [--rounds N] [--duration S] [--targets LIST]
+#                         [--tests LIST] [--connections N] [--name NAME]
+#                         [--no-build]
+#   --rounds N        rounds of the whole matrix (default 3)
 #   --duration S      seconds per measured run (default 10)
 #   --targets LIST    comma list of shardpay,bare-glommio,actix (default all)
 #   --tests LIST      comma list of plaintext,json,pipelined (default all)
@@ -17,9 +28,15 @@
 #   --name NAME       results name (default server-core)
 #   --no-build        do not run cargo build
 #
-# Results: bench/results/<YYYY-MM-DD>-<NAME>.json (summary array),
-#          bench/results/<YYYY-MM-DD>-<NAME>.md   (table, also printed),
-#          bench/results/<YYYY-MM-DD>-<NAME>/     (raw wrk outputs, server logs).
+# Time: every wrk run has a fixed duration, so a run takes rounds x targets x
+# tests x (S + 2 s warm-up) plus about 1 s per run for server start and stop:
+# the default (3 x 3 x 3 x 12 s = 324 s) takes about 6 minutes.
+#
+# Results: bench/results/<YYYY-MM-DD>-<NAME>.json (summary array: one entry
+#              per target and test, with medians, "rounds" and "runs"),
+#          bench/results/<YYYY-MM-DD>-<NAME>.md   (tables, also printed),
+#          bench/results/<YYYY-MM-DD>-<NAME>/     (runs.jsonl, and per round
+#              round-K/: raw wrk outputs and server logs).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,6 +51,7 @@ for arg in "$@"; do
     fi
 done
 
+ROUNDS=3
 DURATION=10
 TARGETS="shardpay,bare-glommio,actix"
 TESTS="plaintext,json,pipelined"
@@ -63,6 +81,8 @@ need_value() {
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
+        --rounds) need_value "$@"; ROUNDS="$2"; shift 2 ;;
+        --rounds=*) ROUNDS="${1#*=}"; shift ;;
         --duration) need_value "$@"; DURATION="$2"; shift 2 ;;
         --duration=*) DURATION="${1#*=}"; shift ;;
         --targets) need_value "$@"; TARGETS="$2"; shift 2 ;;
@@ -79,6 +99,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer"
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer (seconds)"
 [[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || die "--connections must be a positive integer"
 [[ "$NAME" =~ ^[A-Za-z0-9._-]+$ ]] || die "--name may only contain letters, digits, '.', '_' and '-'"
@@ -276,38 +297,49 @@ mkdir -p "$RAW_DIR"
 RUNS_JSONL="$RAW_DIR/runs.jsonl"
 : >"$RUNS_JSONL"
 
-for target in "${TARGET_LIST[@]}"; do
-    log="$RAW_DIR/$target.server.log"
+N_TARGETS=${#TARGET_LIST[@]}
+TOTAL_RUNS=$((ROUNDS * N_TARGETS * ${#TEST_LIST[@]}))
+ESTIMATE_S=$((TOTAL_RUNS * (DURATION + WARMUP_S + 1)))
+echo ">> $ROUNDS round(s), $TOTAL_RUNS runs of ${WARMUP_S}s warm-up + ${DURATION}s:" \
+    "about $(((ESTIMATE_S + 59) / 60)) min" >&2
+
+# measure_run ROUND SEQ TARGET TEST: one run (fresh server, warm-up,
+# measured run, server stopped), one JSON line appended to runs.jsonl.
+measure_run() {
+    local round="$1" seq="$2" target="$3" test="$4"
+    local dir="$RAW_DIR/round-$round"
+    local log="$dir/$target-$test.server.log" out="$dir/$target-$test.wrk.txt"
+    local tag="[$seq/$TOTAL_RUNS] round $round: $target / $test"
+    mkdir -p "$dir"
     start_server "$target" "$log"
-    for test in "${TEST_LIST[@]}"; do
-        echo ">> $target / $test: warm-up ${WARMUP_S}s" >&2
-        run_wrk "$target" "$test" "$WARMUP_S" "$RAW_DIR/$target-$test.warmup.txt"
 
-        count_before=""
-        if [[ "$target" == bare-glommio ]]; then
-            count_before="$(server_response_count "$SERVER_PID" "$log")"
-        fi
+    echo ">> $tag: warm-up ${WARMUP_S}s" >&2
+    run_wrk "$target" "$test" "$WARMUP_S" "$dir/$target-$test.warmup.txt"
 
-        echo ">> $target / $test: measuring ${DURATION}s" >&2
-        out="$RAW_DIR/$target-$test.wrk.txt"
-        core_before="$(cpu_core_busy_ticks "$SERVER_CPU")"
-        ticks_before="$(cpu_ticks "$SERVER_PID")"
-        run_wrk "$target" "$test" "$DURATION" "$out"
-        ticks_after="$(cpu_ticks "$SERVER_PID")"
-        core_after="$(cpu_core_busy_ticks "$SERVER_CPU")"
+    local count_before="" count_after=""
+    if [[ "$target" == bare-glommio ]]; then
+        count_before="$(server_response_count "$SERVER_PID" "$log")"
+    fi
 
-        count_after=""
-        if [[ "$target" == bare-glommio ]]; then
-            count_after="$(server_response_count "$SERVER_PID" "$log")"
-        fi
+    echo ">> $tag: measuring ${DURATION}s" >&2
+    local core_before core_after ticks_before ticks_after
+    core_before="$(cpu_core_busy_ticks "$SERVER_CPU")"
+    ticks_before="$(cpu_ticks "$SERVER_PID")"
+    run_wrk "$target" "$test" "$DURATION" "$out"
+    ticks_after="$(cpu_ticks "$SERVER_PID")"
+    core_after="$(cpu_core_busy_ticks "$SERVER_CPU")"
 
-        python3 - "$out" "$target" "$test" "$CONNECTIONS" "$DURATION" \
-            "$ticks_before" "$ticks_after" "$CLK_TCK" "$count_before" "$count_after" \
-            "$core_before" "$core_after" \
-            >>"$RUNS_JSONL" <<'PY'
+    if [[ "$target" == bare-glommio ]]; then
+        count_after="$(server_response_count "$SERVER_PID" "$log")"
+    fi
+
+    python3 - "$out" "$target" "$test" "$CONNECTIONS" "$DURATION" \
+        "$ticks_before" "$ticks_after" "$CLK_TCK" "$count_before" "$count_after" \
+        "$core_before" "$core_after" "$round" "$seq" \
+        >>"$RUNS_JSONL" <<'PY'
 import json, re, sys
 
-out, target, test, conns, duration, t0, t1, clk, c0, c1, k0, k1 = sys.argv[1:]
+out, target, test, conns, duration, t0, t1, clk, c0, c1, k0, k1, rnd, seq = sys.argv[1:]
 (u0, s0), (u1, s1) = ([int(x) for x in t.split()] for t in (t0, t1))
 clk = int(clk)
 text = open(out).read()
@@ -347,6 +379,8 @@ m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 if m:
     errors += int(m.group(1))
 print(json.dumps({
+    "round": int(rnd),
+    "seq": int(seq),  # position in the whole run, 1-based
     "target": target,
     "test": test,
     "connections": int(conns),
@@ -356,19 +390,36 @@ print(json.dumps({
     "latency_p50_ms": p50,
     "latency_p99_ms": p99,
     "server_cpu_us_per_request": round(cpu_s * 1e6 / requests, 3) if requests else None,
-    # Extra fields, only in runs.jsonl (not in the summary):
-    "_server_cpu_s": cpu_s,
-    "_server_user_us_per_request": round(user_s * 1e6 / requests, 3) if requests else None,
-    "_server_sys_us_per_request": round(sys_s * 1e6 / requests, 3) if requests else None,
-    "_errors": errors,
+    "server_user_us_per_request": round(user_s * 1e6 / requests, 3) if requests else None,
+    "server_sys_us_per_request": round(sys_s * 1e6 / requests, 3) if requests else None,
+    "server_cpu_s": round(cpu_s, 3),
+    "errors": errors,
     # Busy time of the server's core not spent in the server (other load).
-    "_other_cpu_s": max(0.0, (int(k1) - int(k0)) / clk - cpu_s),
-    "_server_responses": (int(c1) - int(c0)) if c0 and c1 else None,
+    "other_cpu_s": round(max(0.0, (int(k1) - int(k0)) / clk - cpu_s), 3),
+    # bare-glommio only: responses the server wrote during the measured run.
+    "server_responses": (int(c1) - int(c0)) if c0 and c1 else None,
 }))
 PY
-    done
-    echo ">> stopping $target" >&2
+    echo ">> $tag: stopping $target" >&2
     stop_server "$SERVER_PID"
+}
+
+# Round K (1-based) takes the targets rotated left by K-1; within a round,
+# every test runs every target before the next test starts. Every run gets
+# a fresh server, the same for every target.
+seq_no=0
+for ((round = 1; round <= ROUNDS; round++)); do
+    order=()
+    for ((i = 0; i < N_TARGETS; i++)); do
+        order+=("${TARGET_LIST[(i + round - 1) % N_TARGETS]}")
+    done
+    echo ">> round $round/$ROUNDS: target order ${order[*]}" >&2
+    for test in "${TEST_LIST[@]}"; do
+        for target in "${order[@]}"; do
+            seq_no=$((seq_no + 1))
+            measure_run "$round" "$seq_no" "$target" "$test"
+        done
+    done
 done
 
 # -------------------------------------------------------------- report --
@@ -380,12 +431,53 @@ GIT_REV="$(git rev-parse --short HEAD 2>/dev/null || echo "no commit")"
 if [[ -n "$(git status --porcelain 2>/dev/null | head -n1)" ]]; then GIT_REV+=" (dirty)"; fi
 
 python3 - "$RUNS_JSONL" "$BASE.json" "$BASE.md" "$COMMAND_LINE" "$DAY" "$ENV_LINE" "$GIT_REV" \
-    "$SERVER_CPU" "$WRK_CPU" "$PIPELINE_DEPTH" "$WARMUP_S" "$RAW_DIR" <<'PY'
-import json, sys
+    "$SERVER_CPU" "$WRK_CPU" "$PIPELINE_DEPTH" "$WARMUP_S" "$RAW_DIR" "$ROUNDS" \
+    "$TARGETS" "$TESTS" <<'PY'
+import json, statistics, sys
 
-runs_path, json_path, md_path, cmdline, day, env, rev, scpu, wcpu, depth, warm, raw = sys.argv[1:]
+(runs_path, json_path, md_path, cmdline, day, env, rev, scpu, wcpu, depth, warm, raw,
+ rounds, targets_arg, tests_arg) = sys.argv[1:]
+rounds = int(rounds)
+targets = targets_arg.split(",")
+tests = tests_arg.split(",")
 runs = [json.loads(l) for l in open(runs_path) if l.strip()]
-summary = [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs]
+runs.sort(key=lambda r: r["seq"])
+OTHER_LIMIT = 0.05  # fraction of the run: above it, the run was disturbed
+
+def median(values, ndigits=3):
+    """Median of the values that are not None (None if there are none)."""
+    v = [x for x in values if x is not None]
+    return None if not v else round(statistics.median(v), ndigits)
+
+def other_frac(r):
+    return r["other_cpu_s"] / r["duration_s"]
+
+def busy_frac(r):
+    return r["server_cpu_s"] / r["duration_s"]
+
+by_pair = {}
+for r in runs:
+    by_pair.setdefault((r["target"], r["test"]), []).append(r)
+pairs = [(a, t) for a in targets for t in tests if (a, t) in by_pair]
+
+summary = []
+for target, test in pairs:
+    rs = by_pair[(target, test)]
+    col = lambda k: [r[k] for r in rs]
+    req = median(col("requests"), 0)
+    summary.append({
+        "target": target,
+        "test": test,
+        "connections": rs[0]["connections"],
+        "duration_s": rs[0]["duration_s"],
+        "requests": None if req is None else int(req),
+        "requests_per_sec": median(col("requests_per_sec"), 2),
+        "latency_p50_ms": median(col("latency_p50_ms")),
+        "latency_p99_ms": median(col("latency_p99_ms")),
+        "server_cpu_us_per_request": median(col("server_cpu_us_per_request")),
+        "rounds": len(rs),
+        "runs": rs,
+    })
 with open(json_path, "w") as f:
     json.dump(summary, f, indent=2)
     f.write("\n")
@@ -393,66 +485,102 @@ with open(json_path, "w") as f:
 def fmt(v, spec, none="n/a"):
     return none if v is None else format(v, spec)
 
+def rotation(k):
+    n = len(targets)
+    return " ".join(targets[(i + k - 1) % n] for i in range(n))
+
 L = []
 L.append(f"# Server-core benchmark, {day}")
 L.append("")
 L.append(f"Command: `{cmdline}`")
 L.append("")
+L.append(f"Rounds: {rounds}. Each round runs every (test, target) pair once: for each test "
+         f"({', '.join(tests)}), each target, with the target order rotated every round ("
+         + "; ".join(f"round {k}: {rotation(k)}" for k in range(1, min(rounds, len(targets)) + 1))
+         + (", and so on" if rounds > len(targets) else "")
+         + "), so that a drift in machine speed hits every target alike. Every run starts a "
+         "fresh server and stops it after the measured run. Figures below are medians over "
+         "rounds (user and sys each on its own), with the min–max of server CPU µs/req.")
+L.append("")
 L.append(f"Machine: {env}. Git: {rev}.")
 L.append(f"Server on CPU {scpu}, `taskset -c {wcpu} wrk -t1` on CPU {wcpu}; "
          f"{warm} s warm-up before each measured run; pipelined = depth {depth}. "
-         f"Raw outputs: `{raw}/`.")
+         f"Raw outputs: `{raw}/round-K/`.")
 L.append("")
-L.append("| target | test | conns | duration (s) | requests | requests/s | p50 (ms) | p99 (ms) "
-         "| server CPU (µs/req) | user | sys | server CPU busy | other load on CPU " + scpu
-         + " | wrk errors |")
-L.append("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-for r in runs:
-    busy = r["_server_cpu_s"] / r["duration_s"] * 100
-    other = r["_other_cpu_s"] / r["duration_s"] * 100
-    L.append(f"| {r['target']} | {r['test']} | {r['connections']} | {r['duration_s']} "
-             f"| {r['requests']} | {r['requests_per_sec']:.0f} "
-             f"| {fmt(r['latency_p50_ms'], '.3f', 'n/a¹')} | {fmt(r['latency_p99_ms'], '.3f', 'n/a¹')} "
-             f"| {fmt(r['server_cpu_us_per_request'], '.3f')} "
-             f"| {fmt(r['_server_user_us_per_request'], '.3f')} "
-             f"| {fmt(r['_server_sys_us_per_request'], '.3f')} "
-             f"| {busy:.0f}% | {other:.0f}% | {r['_errors']} |")
+L.append("| target | test | conns | duration (s) | rounds | requests/s | p50 (ms) | p99 (ms) "
+         "| server CPU (µs/req) | min–max | user | sys | server CPU busy "
+         f"| other load on CPU {scpu} (max) | wrk errors (all runs) |")
+L.append("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+any_disturbed = False
+for s in summary:
+    rs = s["runs"]
+    cpu = [r["server_cpu_us_per_request"] for r in rs if r["server_cpu_us_per_request"] is not None]
+    rng = f"{min(cpu):.3f}–{max(cpu):.3f}" if cpu else "n/a"
+    other_max = max(other_frac(r) for r in rs)
+    flag = ""
+    if other_max > OTHER_LIMIT:
+        any_disturbed = True
+        flag = " ⚠²"
+    L.append(f"| {s['target']} | {s['test']} | {s['connections']} | {s['duration_s']} "
+             f"| {s['rounds']} | {fmt(s['requests_per_sec'], '.0f')} "
+             f"| {fmt(s['latency_p50_ms'], '.3f', 'n/a¹')} | {fmt(s['latency_p99_ms'], '.3f', 'n/a¹')} "
+             f"| {fmt(s['server_cpu_us_per_request'], '.3f')} | {rng} "
+             f"| {fmt(median(r['server_user_us_per_request'] for r in rs), '.3f')} "
+             f"| {fmt(median(r['server_sys_us_per_request'] for r in rs), '.3f')} "
+             f"| {median(busy_frac(r) * 100 for r in rs):.0f}% "
+             f"| {other_max * 100:.0f}%{flag} | {sum(r['errors'] for r in rs)} |")
 L.append("")
 L.append("Server CPU = utime + stime of the server process (all threads) over the measured "
          "run, from /proc/PID/stat, split into user and sys (kernel: syscalls and, on "
          "loopback, much of the TCP work of both ends); \"server CPU busy\" below ~100% "
          "means the server was not "
          "saturated (wrk, on one core, was the limit). \"Other load\" is busy time of the "
-         "server's core not spent in the server (other processes, kernel threads, irqs); "
+         "server's core not spent in the server (other processes, kernel threads, irqs), "
+         "the largest over the pair's runs; "
          "if it is more than a few %, the run was disturbed.")
 if any(r["latency_p50_ms"] is None for r in runs):
     L.append("")
     L.append("¹ Not reported: for pipelined runs wrk records one latency per batch of "
              f"{depth} and its coordinated-omission correction, computed from the response "
-             "count, corrupts the distribution (percentiles of 0 µs; wg/wrk#236).")
+             "count, corrupts the distribution (percentiles of 0 µs; wg/wrk#236). Where "
+             "only some runs of a pair lack a latency, the median is over the others.")
+if any_disturbed:
+    L.append("")
+    L.append(f"² At least one run of this pair had other load above {OTHER_LIMIT:.0%} on the "
+             "server's core (see the warning below).")
 
-by = {(r["target"], r["test"]): r for r in runs}
-tests = list(dict.fromkeys(r["test"] for r in runs))
+run_at = {(r["target"], r["test"], r["round"]): r for r in runs}
 ratio_lines = []
 for num, den in [("shardpay", "bare-glommio"), ("shardpay", "actix"), ("actix", "bare-glommio")]:
     for t in tests:
-        a, b = by.get((num, t)), by.get((den, t))
-        if not a or not b:
+        per_round = []
+        for k in range(1, rounds + 1):
+            a, b = run_at.get((num, t, k)), run_at.get((den, t, k))
+            if not a or not b:
+                continue
+            x, y = a["server_cpu_us_per_request"], b["server_cpu_us_per_request"]
+            per_round.append((k, x / y if x and y else None))
+        if not per_round:
             continue
-        x, y = a["server_cpu_us_per_request"], b["server_cpu_us_per_request"]
-        ratio = "n/a" if not x or not y else f"{x / y:.2f}"
-        ratio_lines.append(f"| {num} / {den} | {t} | {ratio} |")
+        vals = [v for _, v in per_round if v is not None]
+        if vals:
+            cell = f"{statistics.median(vals):.2f} [{min(vals):.2f}–{max(vals):.2f}]"
+        else:
+            cell = "n/a"
+        each = ", ".join(f"{fmt(v, '.2f')}" for _, v in per_round)
+        ratio_lines.append(f"| {num} / {den} | {t} | {cell} | {each} |")
 L.append("")
-L.append("Server CPU-µs per request, ratios:")
+L.append("Server CPU-µs per request, ratios, each taken within one round and test "
+         "(both runs in the same round), median [min–max] over rounds:")
 L.append("")
 if ratio_lines:
-    L.append("| ratio | test | CPU-µs/req ratio |")
-    L.append("|---|---|--:|")
+    L.append("| ratio | test | CPU-µs/req ratio, median [min–max] | per round (1, 2, …) |")
+    L.append("|---|---|--:|--:|")
     L.extend(ratio_lines)
 else:
     L.append("(none: needs shardpay, bare-glommio or actix together)")
 
-checks = [r for r in runs if r["_server_responses"] is not None]
+checks = [r for r in runs if r["server_responses"] is not None]
 if checks:
     L.append("")
     L.append("Request-count check: responses the server wrote during the measured run "
@@ -461,16 +589,30 @@ if checks:
              "may exceed wrk's by up to connections x depth.")
     L.append("")
     for r in checks:
-        d = r["_server_responses"] - r["requests"]
-        L.append(f"- {r['target']} / {r['test']}: server {r['_server_responses']}, "
-                 f"wrk {r['requests']}, difference {d:+d}")
+        d = r["server_responses"] - r["requests"]
+        L.append(f"- round {r['round']}, {r['target']} / {r['test']}: server "
+                 f"{r['server_responses']}, wrk {r['requests']}, difference {d:+d}")
 
-disturbed = [r for r in runs if r["_other_cpu_s"] / r["duration_s"] > 0.05]
+disturbed = [r for r in runs if other_frac(r) > OTHER_LIMIT]
 if disturbed:
     L.append("")
-    L.append("**Warning**: other load above 5% on the server's core during: "
-             + ", ".join(f"{r['target']}/{r['test']}" for r in disturbed)
-             + ". Re-run those on a quiet machine.")
+    L.append(f"**Warning**: other load above {OTHER_LIMIT:.0%} on the server's core during: "
+             + ", ".join(f"round {r['round']} {r['target']}/{r['test']} "
+                         f"({other_frac(r):.0%})" for r in disturbed)
+             + ". Re-run on a quiet machine.")
+
+L.append("")
+L.append("All runs, in the order they ran:")
+L.append("")
+L.append("| # | round | target | test | requests/s | server CPU (µs/req) | user | sys "
+         "| server CPU busy | other load | wrk errors |")
+L.append("|--:|--:|---|---|--:|--:|--:|--:|--:|--:|--:|")
+for r in runs:
+    L.append(f"| {r['seq']} | {r['round']} | {r['target']} | {r['test']} "
+             f"| {r['requests_per_sec']:.0f} | {fmt(r['server_cpu_us_per_request'], '.3f')} "
+             f"| {fmt(r['server_user_us_per_request'], '.3f')} "
+             f"| {fmt(r['server_sys_us_per_request'], '.3f')} "
+             f"| {busy_frac(r):.0%} | {other_frac(r):.0%} | {r['errors']} |")
 
 text = "\n".join(L) + "\n"
 with open(md_path, "w") as f:

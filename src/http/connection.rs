@@ -217,6 +217,9 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
     let mut batch_started = head_started;
     loop {
         let mut served = 0usize;
+        if !input.is_empty() {
+            control.set_idle(false);
+        }
         let next = loop {
             if input.is_empty() {
                 break Next::Read(Wait::Idle);
@@ -228,7 +231,6 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
                 }
                 output.clear();
             }
-            control.set_idle(false);
             let bytes = input.bytes();
             let head = match parse_head(bytes, header_slots.get(), settings.head) {
                 Ok(Some(head)) => head,
@@ -238,11 +240,13 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
                     break Next::Close { linger: true };
                 }
             };
-            let request_id = head
-                .headers
-                .iter()
-                .find(|header| header.name.eq_ignore_ascii_case("x-request-id"))
-                .map(|header| header.value);
+            // Only refusals need it here; handlers read it from the request.
+            let request_id = || {
+                head.headers
+                    .iter()
+                    .find(|header| header.name.eq_ignore_ascii_case("x-request-id"))
+                    .map(|header| header.value)
+            };
             let (request_body, consumed) = match head.framing {
                 Framing::Empty => (&[][..], head.length),
                 Framing::Length(length) => {
@@ -251,7 +255,7 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
                             handler,
                             control,
                             RequestError::BodyTooLarge,
-                            request_id,
+                            request_id(),
                             &mut output,
                         );
                         break Next::Close { linger: true };
@@ -296,7 +300,7 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
                                 ChunkedError::TooLarge => RequestError::BodyTooLarge,
                                 ChunkedError::Invalid(code) => RequestError::BadRequest(code),
                             };
-                            reject(handler, control, error, request_id, &mut output);
+                            reject(handler, control, error, request_id(), &mut output);
                             break Next::Close { linger: true };
                         }
                     }

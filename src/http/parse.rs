@@ -138,11 +138,19 @@ pub fn parse_head<'b>(
     if length > limits.header_bytes_max {
         return Err(RequestError::HeaderTooLarge);
     }
-    if request_line(buffer).len() > limits.request_line_bytes_max {
+    let method_token = request.method.unwrap_or("");
+    let target = request.path.unwrap_or("");
+    // httparse (strict) accepts exactly `METHOD SP TARGET SP HTTP/1.x`, so the line's length
+    // follows from its parts; after skipped empty lines, measure it.
+    let line_length = if buffer.first().is_some_and(|&b| b == b'\r' || b == b'\n') {
+        request_line(buffer).len()
+    } else {
+        method_token.len() + target.len() + 10
+    };
+    if line_length > limits.request_line_bytes_max {
         return Err(RequestError::UriTooLong);
     }
-    let method = Method::from_token(request.method.unwrap_or(""));
-    let target = request.path.unwrap_or("");
+    let method = Method::from_token(method_token);
     let version = match request.version {
         Some(0) => Version::Http10,
         _ => Version::Http11,
@@ -250,8 +258,8 @@ fn split_target(target: &str, method: Method) -> Result<(&str, Option<&str>), Re
     } else {
         return Err(RequestError::BadRequest("invalid_request_target"));
     };
-    Ok(match origin.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
+    Ok(match origin.bytes().position(|b| b == b'?') {
+        Some(mark) => (&origin[..mark], Some(&origin[mark + 1..])),
         None => (origin, None),
     })
 }

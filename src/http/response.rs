@@ -56,41 +56,60 @@ impl<'o> Response<'o> {
         }
         self.status = status;
         let out = &mut *self.out;
-        out.reserve(160 + body.len());
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(reason(status).as_bytes());
-        out.extend_from_slice(b"\r\nServer: ");
-        out.extend_from_slice(SERVER);
-        out.extend_from_slice(b"\r\nDate: ");
-        date::with_date(|date| out.extend_from_slice(date));
+        out.reserve(192 + body.len());
+        match status_line(status) {
+            Some(line) => out.extend_from_slice(line),
+            None => {
+                out.extend_from_slice(b"HTTP/1.1 ");
+                out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(reason(status).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        date::append_server_and_date(out);
         if !content_type.is_empty() {
-            out.extend_from_slice(b"\r\nContent-Type: ");
+            out.extend_from_slice(b"Content-Type: ");
             out.extend_from_slice(content_type.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         // RFC 9110 §8.6: no Content-Length in 1xx and 204 responses.
         let has_body = !(status < 200 || status == 204 || status == 304);
         if has_body {
-            out.extend_from_slice(b"\r\nContent-Length: ");
+            out.extend_from_slice(b"Content-Length: ");
             out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         for (name, value) in headers {
-            out.extend_from_slice(b"\r\n");
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
         }
         if self.close {
-            out.extend_from_slice(b"\r\nConnection: close");
+            out.extend_from_slice(b"Connection: close\r\n");
         } else if self.version == Version::Http10 {
-            out.extend_from_slice(b"\r\nConnection: keep-alive");
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
-        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(b"\r\n");
         if has_body && !self.head_only {
             out.extend_from_slice(body);
         }
     }
+}
+
+/// The whole status line of the most frequent statuses, so it is one copy.
+fn status_line(status: u16) -> Option<&'static [u8]> {
+    Some(match status {
+        200 => b"HTTP/1.1 200 OK\r\n",
+        201 => b"HTTP/1.1 201 Created\r\n",
+        204 => b"HTTP/1.1 204 No Content\r\n",
+        400 => b"HTTP/1.1 400 Bad Request\r\n",
+        401 => b"HTTP/1.1 401 Unauthorized\r\n",
+        404 => b"HTTP/1.1 404 Not Found\r\n",
+        422 => b"HTTP/1.1 422 Unprocessable Content\r\n",
+        _ => return None,
+    })
 }
 
 /// Reason phrases of the statuses this server sends (RFC 9110 §15).
@@ -151,6 +170,17 @@ mod tests {
             text.ends_with("Content-Length: 5\r\nConnection: close\r\n\r\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn fast_and_generic_status_lines_agree() {
+        for status in [200u16, 201, 204, 400, 401, 404, 422] {
+            let line = status_line(status).unwrap();
+            assert_eq!(
+                line,
+                format!("HTTP/1.1 {status} {}\r\n", reason(status)).as_bytes()
+            );
+        }
     }
 
     #[test]
