@@ -5,9 +5,6 @@
 use super::date;
 use super::parse::Version;
 
-/// Value of the `Server` header.
-const SERVER: &[u8] = b"shardpay";
-
 /// One response being encoded for one request.
 pub struct Response<'o> {
     out: &'o mut Vec<u8>,
