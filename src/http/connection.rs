@@ -636,4 +636,164 @@ mod tests {
         let size = std::mem::size_of_val(&future);
         assert!(size <= 1024, "the connection future is {size} bytes");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// One request and the echo the test handler must answer it with.
+        #[derive(Debug, Clone)]
+        struct Case {
+            wire: Vec<u8>,
+            echo: String,
+        }
+
+        fn body_bytes() -> impl Strategy<Value = Vec<u8>> {
+            prop::collection::vec(any::<u8>(), 0..300)
+        }
+
+        /// A valid request: GET or POST, Content-Length or chunked body (random chunk sizes,
+        /// optional extensions and trailers), random extra header fields.
+        fn request() -> impl Strategy<Value = Case> {
+            (
+                prop::sample::select(vec!["/a", "/v1/payments", "/json", "/x/y/z"]),
+                body_bytes(),
+                any::<bool>(),
+                prop::collection::vec(1usize..50, 1..6),
+                any::<bool>(),
+                prop::collection::vec("[a-z]{1,8}", 0..4),
+            )
+                .prop_map(|(path, body, chunked, chunk_sizes, extras, header_names)| {
+                    let mut wire = Vec::new();
+                    let method = if body.is_empty() { "GET" } else { "POST" };
+                    wire.extend_from_slice(format!("{method} {path} HTTP/1.1\r\nHost: t\r\n").as_bytes());
+                    for name in &header_names {
+                        wire.extend_from_slice(format!("X-{name}: v\r\n").as_bytes());
+                    }
+                    if body.is_empty() {
+                        wire.extend_from_slice(b"\r\n");
+                    } else if chunked {
+                        wire.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                        let mut rest = &body[..];
+                        let mut sizes = chunk_sizes.iter().cycle();
+                        while !rest.is_empty() {
+                            let size = (*sizes.next().unwrap()).min(rest.len());
+                            let extension = if extras { ";e=1" } else { "" };
+                            wire.extend_from_slice(format!("{size:x}{extension}\r\n").as_bytes());
+                            wire.extend_from_slice(&rest[..size]);
+                            wire.extend_from_slice(b"\r\n");
+                            rest = &rest[size..];
+                        }
+                        wire.extend_from_slice(if extras {
+                            b"0\r\nT: 1\r\n\r\n"
+                        } else {
+                            b"0\r\n\r\n"
+                        });
+                    } else {
+                        wire.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+                        wire.extend_from_slice(&body);
+                    }
+                    let mut echo = format!("{method} {path} ").into_bytes();
+                    echo.extend_from_slice(&body);
+                    // The echo is compared as text; arbitrary bytes survive a lossy round trip
+                    // only if both sides are converted the same way.
+                    Case {
+                        wire,
+                        echo: String::from_utf8_lossy(&echo).into_owned(),
+                    }
+                })
+        }
+
+        /// Cuts `bytes` into reads at the given (sorted, deduplicated) offsets.
+        fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+            let mut offsets: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            offsets.sort_unstable();
+            offsets.dedup();
+            let mut reads = Vec::new();
+            let mut start = 0;
+            for offset in offsets.into_iter().chain([bytes.len()]) {
+                if offset > start {
+                    reads.push(bytes[start..offset].to_vec());
+                    start = offset;
+                }
+            }
+            reads
+        }
+
+        fn run_lossy(reads: Vec<Vec<u8>>) -> (Vec<String>, Vec<RequestError>) {
+            let mut script = Script {
+                reads: reads.into(),
+                written: Vec::new(),
+                shut: false,
+            };
+            let echo = Echo {
+                rejected: RefCell::new(Vec::new()),
+            };
+            let settings = Settings::from_config(&Config::default());
+            futures_lite::future::block_on(serve(&mut script, &echo, &Quiet, &settings));
+            let text = String::from_utf8_lossy(&script.written).into_owned();
+            let bodies = text
+                .split("HTTP/1.1 ")
+                .filter(|part| !part.is_empty())
+                .map(|part| {
+                    part.split_once("\r\n\r\n")
+                        .map_or("", |(_, body)| body)
+                        .to_string()
+                })
+                .collect();
+            (bodies, echo.rejected.into_inner())
+        }
+
+        proptest! {
+            /// Pipelined requests get their answers in order whatever the read boundaries are.
+            #[test]
+            fn pipelines_survive_any_read_boundaries(
+                cases in prop::collection::vec(request(), 1..6),
+                cuts in prop::collection::vec(any::<usize>(), 0..12),
+            ) {
+                let wire: Vec<u8> = cases.iter().flat_map(|c| c.wire.clone()).collect();
+                let (bodies, rejected) = run_lossy(split(&wire, &cuts));
+                prop_assert!(rejected.is_empty(), "{:?}", rejected);
+                // Split the concatenated output on response starts: bodies that themselves contain
+                // "HTTP/1.1 " would confuse that, so compare the joined text instead.
+                let expected: String = cases.iter().map(|c| c.echo.clone()).collect::<Vec<_>>().join("");
+                prop_assert_eq!(bodies.join(""), expected.replace("HTTP/1.1 ", ""));
+            }
+
+            /// Arbitrary bytes never panic the driver, and whatever it answers ends the
+            /// connection or answers a complete request.
+            #[test]
+            fn arbitrary_input_never_panics(
+                input in prop::collection::vec(any::<u8>(), 0..600),
+                cuts in prop::collection::vec(any::<usize>(), 0..8),
+            ) {
+                let _ = run_lossy(split(&input, &cuts));
+            }
+
+            /// A refused request ends the pipeline: the requests before it are answered, it gets
+            /// its refusal, and nothing after it is answered.
+            #[test]
+            fn nothing_after_a_refusal_is_answered(
+                before in prop::collection::vec(request(), 0..3),
+                after in prop::collection::vec(request(), 1..3),
+                bad in prop::sample::select(vec![
+                    "POST /s HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    "POST /s HTTP/1.1\r\nHost: t\r\nContent-Length: 1, 2\r\n\r\n",
+                    "GET /s HTTP/1.1\r\n\r\n",
+                    "POST /s HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0x1\r\n",
+                ]),
+                cuts in prop::collection::vec(any::<usize>(), 0..8),
+            ) {
+                let mut wire: Vec<u8> = before.iter().flat_map(|c| c.wire.clone()).collect();
+                wire.extend_from_slice(bad.as_bytes());
+                for case in &after {
+                    wire.extend_from_slice(&case.wire);
+                }
+                let (bodies, rejected) = run_lossy(split(&wire, &cuts));
+                prop_assert_eq!(rejected.len(), 1);
+                prop_assert_eq!(bodies.len(), before.len() + 1);
+            }
+        }
+    }
 }
