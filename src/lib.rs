@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod net;
 pub mod server;
 pub mod shard;
+pub mod slots;

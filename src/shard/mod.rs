@@ -22,20 +22,11 @@ use crate::metrics::{ShardMetrics, Snapshot};
 use crate::net::Connections;
 use mesh::{Mesh, MeshError};
 
-/// Number of hash slots users are partitioned into; slots map to shards in contiguous ranges.
-pub const SLOT_COUNT: u32 = 16384;
+pub use crate::slots::{slot_range, SLOT_COUNT};
 
 /// How often each shard refreshes its `Date`, expires connection deadlines and looks for a
 /// shutdown request.
 const TICK: Duration = Duration::from_millis(100);
-
-/// The first and last slot (inclusive) owned by `shard` of `shards`.
-pub fn slot_range(shard: usize, shards: usize) -> (u32, u32) {
-    let shards = shards as u64;
-    let first = (shard as u64 * u64::from(SLOT_COUNT)) / shards;
-    let next = ((shard as u64 + 1) * u64::from(SLOT_COUNT)) / shards;
-    (first as u32, next as u32 - 1)
-}
 
 /// Process-wide facts and flags, shared by all shards; written at start-up and shutdown only.
 #[derive(Debug)]
@@ -376,24 +367,4 @@ fn host_name() -> String {
     }
     let length = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
     String::from_utf8_lossy(&buffer[..length]).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slot_ranges_cover_every_slot_once() {
-        for shards in [1usize, 2, 3, 7, 64] {
-            let mut next = 0;
-            for shard in 0..shards {
-                let (first, last) = slot_range(shard, shards);
-                assert_eq!(first, next);
-                assert!(last >= first);
-                next = last + 1;
-            }
-            assert_eq!(next, SLOT_COUNT);
-        }
-        assert_eq!(slot_range(0, 4), (0, 4095));
-    }
 }
