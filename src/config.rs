@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub drain_timeout_ms: u64,
     /// Memory each shard's io_uring registers for I/O buffers (locked memory is often capped at 8 MiB per user).
     pub io_memory_bytes: usize,
+    /// Threads per shard for work that must not run on the executor (password hashing), not pinned.
+    pub blocking_threads: usize,
 }
 
 /// `[limits]`: size limits on what a client may send.
@@ -126,6 +128,7 @@ impl Default for ServerConfig {
             backlog: 1024,
             drain_timeout_ms: 10_000,
             io_memory_bytes: 1 << 20,
+            blocking_threads: 2,
         }
     }
 }
@@ -272,6 +275,9 @@ impl Config {
         }
         if server.backlog == 0 {
             return Err(error("server.backlog", "must be at least 1"));
+        }
+        if server.blocking_threads == 0 || server.blocking_threads > 64 {
+            return Err(error("server.blocking_threads", "must be from 1 to 64"));
         }
         if server.io_memory_bytes < 64 * 1024 {
             return Err(error("server.io_memory_bytes", "must be at least 65536"));

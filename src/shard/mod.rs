@@ -7,6 +7,7 @@
 //! crosses threads ([`Command`], [`Reply`]) owns its data. Nothing here knows about HTTP.
 
 pub mod mesh;
+pub mod offload;
 
 use std::future::Future;
 use std::rc::Rc;
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::config::{parse_cpu_list, Config, ConfigError};
 use crate::http::date;
@@ -274,7 +275,10 @@ impl Launch {
             let start = start.clone();
             let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{shard}"))
-                .io_memory(config.server.io_memory_bytes);
+                .io_memory(config.server.io_memory_bytes)
+                // Not pinned to the shard's CPU (glommio's default): offloaded work such as
+                // password hashing must not time-slice with the executor on its own core.
+                .blocking_thread_pool_placement(PoolPlacement::Unbound(config.server.blocking_threads));
             let spawned = builder.spawn(move || async move {
                 let cluster = shard_cluster;
                 let (first_slot, last_slot) = slot_range(shard, shards);
