@@ -5,6 +5,7 @@
 //! start-up; [`config`] and [`metrics`] are leaves every layer may use.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod logging;

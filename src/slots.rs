@@ -53,8 +53,24 @@ pub fn slot_range(shard: usize, shards: usize) -> (u32, u32) {
 }
 
 /// A user id: `usr_` + the slot as 4 hex digits + 80 random bits as 20 hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Serialized as its text; deserializing validates it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct UserId(String);
+
+impl TryFrom<String> for UserId {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        UserId::parse(&text).ok_or_else(|| format!("invalid user id {text:?}"))
+    }
+}
+
+impl From<UserId> for String {
+    fn from(id: UserId) -> String {
+        id.0
+    }
+}
 
 impl UserId {
     /// A new id in `slot`, from 10 random bytes the caller drew.
@@ -188,6 +204,15 @@ mod tests {
         for bad in &bad_cases {
             assert_eq!(UserId::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn user_ids_serialize_as_text_and_are_validated() {
+        let id = UserId::new(Slot::of_username("alice"), [1; 10]);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{id}\""));
+        assert_eq!(serde_json::from_str::<UserId>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<UserId>("\"usr_nope\"").is_err());
     }
 
     proptest! {
