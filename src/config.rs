@@ -22,6 +22,8 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     /// The shard-to-shard mesh.
     pub mesh: MeshConfig,
+    /// Users, sessions and tokens.
+    pub auth: AuthConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -97,6 +99,51 @@ pub struct MeshConfig {
     pub reply_timeout_ms: u64,
 }
 
+/// `[auth]`: users, sessions and tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `iss` claim of access tokens, checked on every request.
+    pub issuer: String,
+    /// HS256 keys as `kid:secret` pairs separated by commas; secrets are base64url (no padding)
+    /// of at least 32 bytes. Every key verifies; `jwt_signing_kid` signs. Rotate by adding the new
+    /// key, switching the signing kid, and removing the old key once its tokens have expired.
+    pub jwt_keys: String,
+    /// The key id that signs new tokens.
+    pub jwt_signing_kid: String,
+    /// Whether the built-in development key (and, later, admin key) may be used. Production: false.
+    pub dev_keys_allowed: bool,
+    /// Lifetime of access tokens.
+    pub access_token_ttl_seconds: u64,
+    /// Lifetime of a refresh token (each refresh issues a new one with a new lifetime).
+    pub refresh_token_ttl_seconds: u64,
+    /// argon2id memory per hash, in KiB (OWASP: 19456).
+    pub password_memory_kib: u32,
+    /// argon2id passes (OWASP: 2).
+    pub password_iterations: u32,
+    /// argon2id lanes (OWASP: 1).
+    pub password_parallelism: u32,
+    /// Password hashes computing at once per shard (on its blocking threads).
+    pub password_hashes_in_flight_max: usize,
+    /// Password hashes waiting per shard; beyond it signup and login answer 503.
+    pub password_hash_queue_max: usize,
+    /// Failed logins per username per window before further attempts get 429.
+    pub login_failures_per_username_max: u32,
+    /// Login attempts per client IP per window and receiving shard before 429.
+    pub login_attempts_per_ip_max: u32,
+    /// The login throttling window.
+    pub login_window_seconds: u64,
+    /// Sustained authenticated requests per user per second (on the user's home shard).
+    pub user_requests_per_second: u32,
+    /// Authenticated requests a user may burst above the sustained rate.
+    pub user_request_burst: u32,
+    /// Most keys each rate limiter tracks per shard (usernames, IPs, users).
+    pub rate_limit_entries_max: usize,
+}
+
+/// The development JWT secret (base64url). Refused when `auth.dev_keys_allowed` is false.
+pub const DEV_JWT_SECRET: &str = "ZGV2ZWxvcG1lbnQta2V5LW5vdC1mb3ItcHJvZHVjdGlvbi11c2U";
+
 /// `[log]`: logging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -164,6 +211,30 @@ impl Default for MeshConfig {
         MeshConfig {
             queue_depth: 1024,
             reply_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            issuer: "shardpay".to_string(),
+            jwt_keys: format!("dev:{DEV_JWT_SECRET}"),
+            jwt_signing_kid: "dev".to_string(),
+            dev_keys_allowed: true,
+            access_token_ttl_seconds: 900,
+            refresh_token_ttl_seconds: 30 * 24 * 3600,
+            password_memory_kib: 19_456,
+            password_iterations: 2,
+            password_parallelism: 1,
+            password_hashes_in_flight_max: 2,
+            password_hash_queue_max: 64,
+            login_failures_per_username_max: 5,
+            login_attempts_per_ip_max: 30,
+            login_window_seconds: 300,
+            user_requests_per_second: 100,
+            user_request_burst: 200,
+            rate_limit_entries_max: 100_000,
         }
     }
 }
@@ -313,6 +384,7 @@ impl Config {
         positive("timeouts.write_timeout_ms", timeouts.write_timeout_ms)?;
         positive("mesh.queue_depth", self.mesh.queue_depth as u64)?;
         positive("mesh.reply_timeout_ms", self.mesh.reply_timeout_ms)?;
+        self.auth.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|err| error("log.level", format!("not a valid filter: {err}")))?;
         Ok(())
@@ -324,6 +396,80 @@ impl Config {
             .listen
             .parse()
             .expect("server.listen is validated at load")
+    }
+}
+
+impl AuthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.issuer.is_empty() || self.issuer.len() > 256 {
+            return Err(error("auth.issuer", "must be 1 to 256 characters"));
+        }
+        self.key_set()?;
+        if !self.dev_keys_allowed && self.jwt_keys.contains(DEV_JWT_SECRET) {
+            return Err(error(
+                "auth.jwt_keys",
+                "the development key is refused because auth.dev_keys_allowed is false",
+            ));
+        }
+        self.password_params()
+            .validate()
+            .map_err(|err| error("auth.password_memory_kib", err.to_string()))?;
+        positive("auth.access_token_ttl_seconds", self.access_token_ttl_seconds)?;
+        positive("auth.refresh_token_ttl_seconds", self.refresh_token_ttl_seconds)?;
+        positive(
+            "auth.password_hashes_in_flight_max",
+            self.password_hashes_in_flight_max as u64,
+        )?;
+        positive(
+            "auth.login_failures_per_username_max",
+            u64::from(self.login_failures_per_username_max),
+        )?;
+        positive(
+            "auth.login_attempts_per_ip_max",
+            u64::from(self.login_attempts_per_ip_max),
+        )?;
+        positive("auth.login_window_seconds", self.login_window_seconds)?;
+        positive(
+            "auth.user_requests_per_second",
+            u64::from(self.user_requests_per_second),
+        )?;
+        positive("auth.user_request_burst", u64::from(self.user_request_burst))?;
+        positive("auth.rate_limit_entries_max", self.rate_limit_entries_max as u64)?;
+        Ok(())
+    }
+
+    /// The JWT keys (validated at load).
+    pub fn key_set(&self) -> Result<crate::auth::jwt::KeySet, ConfigError> {
+        use base64::Engine as _;
+        let mut keys = Vec::new();
+        for pair in self.jwt_keys.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (kid, secret) = pair
+                .split_once(':')
+                .ok_or_else(|| error("auth.jwt_keys", "expected kid:secret pairs separated by commas"))?;
+            let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(secret.trim())
+                .map_err(|_| {
+                    error(
+                        "auth.jwt_keys",
+                        format!("the secret of key {kid:?} is not base64url"),
+                    )
+                })?;
+            keys.push(
+                crate::auth::jwt::Key::new(kid.trim(), &secret)
+                    .map_err(|err| error("auth.jwt_keys", format!("key {kid:?}: {err}")))?,
+            );
+        }
+        crate::auth::jwt::KeySet::new(keys, &self.jwt_signing_kid)
+            .map_err(|err| error("auth.jwt_keys", err.to_string()))
+    }
+
+    /// The argon2id parameters.
+    pub fn password_params(&self) -> crate::auth::password::PasswordParams {
+        crate::auth::password::PasswordParams {
+            memory_kib: self.password_memory_kib,
+            iterations: self.password_iterations,
+            parallelism: self.password_parallelism,
+        }
     }
 }
 
@@ -518,6 +664,36 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.key, "limits.header_count_max");
+    }
+
+    #[test]
+    fn the_development_key_is_refused_when_dev_keys_are_not_allowed() {
+        let err = Config::load(
+            None,
+            env(&[("SHARDPAY_AUTH_DEV_KEYS_ALLOWED", "false")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "auth.jwt_keys");
+        let own_key = "own:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0";
+        let config = Config::load(
+            None,
+            env(&[
+                ("SHARDPAY_AUTH_DEV_KEYS_ALLOWED", "false"),
+                ("SHARDPAY_AUTH_JWT_KEYS", own_key),
+                ("SHARDPAY_AUTH_JWT_SIGNING_KID", "own"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.auth.key_set().unwrap().signing_kid(), "own");
+        let err = Config::load(
+            None,
+            env(&[("SHARDPAY_AUTH_JWT_KEYS", "dev:short")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "auth.jwt_keys");
     }
 
     #[test]

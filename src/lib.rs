@@ -7,10 +7,12 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod home;
 pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod ratelimit;
 pub mod server;
 pub mod shard;
 pub mod slots;

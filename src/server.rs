@@ -52,7 +52,7 @@ async fn run_shard(shard: Rc<Shard>, config: Arc<Config>) -> Result<(), String> 
     // The shard-aware port is this shard's alone: no SO_REUSEPORT, so a second process fails here.
     let own_listener =
         Listener::bind(own, backlog, false).map_err(|error| format!("cannot listen on {own}: {error}"))?;
-    let api = Rc::new(Api::new(shard.clone()));
+    let api = Rc::new(Api::new(shard.clone(), &config));
     let settings = Rc::new(Settings::from_config(&config));
     let write_timeout = Duration::from_millis(config.timeouts.write_timeout_ms);
     for listener in [public_listener, own_listener] {

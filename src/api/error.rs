@@ -35,9 +35,11 @@ pub struct ApiError {
     /// Human sentence.
     pub message: Cow<'static, str>,
     /// The request field at fault.
-    pub param: Option<&'static str>,
+    pub param: Option<Cow<'static, str>>,
     /// `Retry-After` seconds, for 429 and 503.
-    pub retry_after_seconds: Option<u32>,
+    pub retry_after_seconds: Option<u64>,
+    /// Send `WWW-Authenticate: Bearer` (401 on authenticated routes).
+    pub bearer_challenge: bool,
 }
 
 impl ApiError {
@@ -55,7 +57,20 @@ impl ApiError {
             message: message.into(),
             param: None,
             retry_after_seconds: None,
+            bearer_challenge: false,
         }
+    }
+
+    /// The same error naming the request field at fault.
+    pub fn with_param(mut self, param: impl Into<Cow<'static, str>>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    /// The same error with a `Retry-After` hint.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_seconds = Some(seconds.max(1));
+        self
     }
 
     /// 404 for a path no route serves.
@@ -117,7 +132,7 @@ pub fn encode_body(error: &ApiError, request_id: &str, out: &mut Vec<u8>) {
             kind: error.kind,
             code: error.code,
             message: &error.message,
-            param: error.param,
+            param: error.param.as_deref(),
         },
         request_id,
     };

@@ -4,7 +4,9 @@
 //! Handlers never block: anything that needs another shard goes through [`Shard::invoke_on`].
 //! Errors become responses in exactly one place ([`Api::send_error`]).
 
+pub mod auth;
 pub mod error;
+pub mod json;
 mod ops;
 pub mod router;
 
@@ -31,6 +33,20 @@ pub enum Route {
     Json,
     /// `GET /v1/cluster`
     Cluster,
+    /// `POST /v1/users`
+    Signup,
+    /// `POST /v1/sessions`
+    Login,
+    /// `POST /v1/sessions/refresh`
+    RefreshSession,
+    /// `GET /v1/sessions`
+    ListSessions,
+    /// `DELETE /v1/sessions/current`
+    RevokeCurrentSession,
+    /// `DELETE /v1/sessions`
+    RevokeAllSessions,
+    /// `GET /v1/me`
+    Me,
     /// No route matched (404 / 405).
     Unmatched,
     /// Refused by the codec before routing.
@@ -45,6 +61,13 @@ pub const ROUTE_NAMES: &[&str] = &[
     "/plaintext",
     "/json",
     "/v1/cluster",
+    "POST /v1/users",
+    "POST /v1/sessions",
+    "POST /v1/sessions/refresh",
+    "GET /v1/sessions",
+    "DELETE /v1/sessions/current",
+    "DELETE /v1/sessions",
+    "GET /v1/me",
     "unmatched",
     "rejected",
 ];
@@ -56,8 +79,7 @@ pub const REQUEST_ID_BYTES_MAX: usize = 128;
 pub struct Api {
     shard: Rc<Shard>,
     router: Router<Route>,
-    /// `X-Shard` value, formatted once.
-    shard_header: Vec<u8>,
+    auth: auth::Auth,
     /// Random per process and shard, so generated request ids differ across restarts.
     request_id_prefix: u64,
     request_counter: Cell<u64>,
@@ -67,7 +89,8 @@ pub struct Api {
 
 impl Api {
     /// The API served by `shard`.
-    pub fn new(shard: Rc<Shard>) -> Api {
+    pub fn new(shard: Rc<Shard>, config: &crate::config::Config) -> Api {
+        use crate::http::Method::{Delete, Get, Post};
         let mut router = Router::default();
         router
             .add(crate::http::Method::Get, "/healthz", Route::Healthz)
@@ -75,13 +98,19 @@ impl Api {
             .add(crate::http::Method::Get, "/metrics", Route::Metrics)
             .add(crate::http::Method::Get, "/plaintext", Route::Plaintext)
             .add(crate::http::Method::Get, "/json", Route::Json)
-            .add(crate::http::Method::Get, "/v1/cluster", Route::Cluster);
-        let shard_header = shard.id().to_string().into_bytes();
+            .add(crate::http::Method::Get, "/v1/cluster", Route::Cluster)
+            .add(Post, "/v1/users", Route::Signup)
+            .add(Post, "/v1/sessions", Route::Login)
+            .add(Post, "/v1/sessions/refresh", Route::RefreshSession)
+            .add(Get, "/v1/sessions", Route::ListSessions)
+            .add(Delete, "/v1/sessions/current", Route::RevokeCurrentSession)
+            .add(Delete, "/v1/sessions", Route::RevokeAllSessions)
+            .add(Get, "/v1/me", Route::Me);
         let request_id_prefix = boot_entropy() ^ (shard.id() as u64).rotate_left(48);
         Api {
             shard,
             router,
-            shard_header,
+            auth: auth::Auth::new(&config.auth),
             request_id_prefix,
             request_counter: Cell::new(0),
             scratch: RefCell::new(Vec::with_capacity(1024)),
@@ -104,19 +133,23 @@ impl Api {
         std::str::from_utf8(&out[..]).expect("ascii")
     }
 
-    /// Sends a non-benchmark response: adds `X-Request-Id` and `X-Shard`.
+    /// Sends a non-benchmark response: adds `X-Request-Id` and `X-Shard` (the shard that executed
+    /// the request: this one, or a user's home shard).
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
         response: &mut Response<'_>,
         request_id: &str,
+        shard: usize,
         status: u16,
         content_type: &str,
         extra: &[(&str, &[u8])],
         body: &[u8],
     ) {
+        let mut shard_header = itoa::Buffer::new();
         let mut headers: [(&str, &[u8]); 6] = [("", b""); 6];
         headers[0] = ("X-Request-Id", request_id.as_bytes());
-        headers[1] = ("X-Shard", &self.shard_header);
+        headers[1] = ("X-Shard", shard_header.format(shard).as_bytes());
         let count = 2 + extra.len().min(4);
         headers[2..count].copy_from_slice(&extra[..count - 2]);
         response.send(status, content_type, &headers[..count], body);
@@ -127,6 +160,7 @@ impl Api {
         &self,
         response: &mut Response<'_>,
         request_id: &str,
+        shard: usize,
         error: &ApiError,
         allow: Option<&str>,
     ) {
@@ -134,10 +168,14 @@ impl Api {
         body.clear();
         error::encode_body(error, request_id, &mut body);
         let mut retry = itoa::Buffer::new();
-        let mut extra: [(&str, &[u8]); 2] = [("", b""); 2];
+        let mut extra: [(&str, &[u8]); 3] = [("", b""); 3];
         let mut count = 0;
         if let Some(seconds) = error.retry_after_seconds {
             extra[count] = ("Retry-After", retry.format(seconds).as_bytes());
+            count += 1;
+        }
+        if error.bearer_challenge {
+            extra[count] = ("WWW-Authenticate", b"Bearer");
             count += 1;
         }
         if let Some(allow) = allow {
@@ -147,6 +185,7 @@ impl Api {
         self.send(
             response,
             request_id,
+            shard,
             error.status,
             "application/json",
             &extra[..count],
@@ -166,7 +205,7 @@ impl Handler for Api {
                 };
                 let mut id_buffer = [0u8; 32];
                 let request_id = self.request_id(request.header("x-request-id"), &mut id_buffer);
-                self.send_error(response, request_id, &error, allow);
+                self.send_error(response, request_id, self.shard.id(), &error, allow);
                 self.shard
                     .metrics
                     .count_request(Route::Unmatched as usize, response.status());
@@ -182,6 +221,56 @@ impl Handler for Api {
                 ops::write_json_hello(&mut body);
                 response.send(200, "application/json", &[], &body);
             }
+            Route::Signup
+            | Route::Login
+            | Route::RefreshSession
+            | Route::ListSessions
+            | Route::RevokeCurrentSession
+            | Route::RevokeAllSessions
+            | Route::Me => {
+                let mut id_buffer = [0u8; 32];
+                let request_id = self.request_id(request.header("x-request-id"), &mut id_buffer);
+                let auth_route = match route {
+                    Route::Signup => auth::AuthRoute::Signup,
+                    Route::Login => auth::AuthRoute::Login,
+                    Route::RefreshSession => auth::AuthRoute::Refresh,
+                    Route::ListSessions => auth::AuthRoute::ListSessions,
+                    Route::RevokeCurrentSession => auth::AuthRoute::RevokeCurrent,
+                    Route::RevokeAllSessions => auth::AuthRoute::RevokeAll,
+                    _ => auth::AuthRoute::Me,
+                };
+                let outcome = auth::handle(
+                    &self.auth,
+                    &self.shard,
+                    auth_route,
+                    request.body,
+                    request.header("authorization"),
+                    request.peer,
+                )
+                .await;
+                match outcome {
+                    Ok(answer) => {
+                        let content_type = if answer.body.is_empty() {
+                            ""
+                        } else {
+                            "application/json"
+                        };
+                        self.send(
+                            response,
+                            request_id,
+                            answer.home,
+                            answer.status,
+                            content_type,
+                            &[],
+                            &answer.body,
+                        )
+                    }
+                    Err(failure) => {
+                        let shard = failure.home.unwrap_or(self.shard.id());
+                        self.send_error(response, request_id, shard, &failure.error, None)
+                    }
+                }
+            }
             _ => {
                 let mut id_buffer = [0u8; 32];
                 let request_id = self.request_id(request.header("x-request-id"), &mut id_buffer);
@@ -190,18 +279,20 @@ impl Handler for Api {
                     Route::Readyz => ops::readyz(&self.shard),
                     Route::Metrics => ops::metrics(&self.shard).await,
                     Route::Cluster => ops::cluster(&self.shard).await,
-                    _ => unreachable!("benchmark routes are answered above"),
+                    _ => unreachable!("benchmark and auth routes are answered above"),
                 };
+                let shard = self.shard.id();
                 match result {
                     Ok(reply) => self.send(
                         response,
                         request_id,
+                        shard,
                         reply.status,
                         reply.content_type,
                         &[],
                         &reply.body,
                     ),
-                    Err(error) => self.send_error(response, request_id, &error, None),
+                    Err(error) => self.send_error(response, request_id, shard, &error, None),
                 }
             }
         }
@@ -213,7 +304,7 @@ impl Handler for Api {
     fn reject(&self, error: RequestError, request_id: Option<&[u8]>, response: &mut Response<'_>) {
         let mut id_buffer = [0u8; 32];
         let request_id = self.request_id(request_id, &mut id_buffer);
-        self.send_error(response, request_id, &error.into(), None);
+        self.send_error(response, request_id, self.shard.id(), &error.into(), None);
         self.shard
             .metrics
             .count_request(Route::Rejected as usize, response.status());

@@ -212,6 +212,11 @@ impl AuthState {
         self.sessions.get(session).filter(|s| &s.user == user)
     }
 
+    /// The owner of a live session.
+    pub fn session_owner(&self, session: &str) -> Option<&UserId> {
+        self.sessions.get(session).map(|s| &s.user)
+    }
+
     /// The live sessions of `user`, oldest first.
     pub fn sessions_of(&self, user: &UserId) -> Vec<&Session> {
         self.sessions_by_user

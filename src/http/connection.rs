@@ -33,6 +33,10 @@ pub trait Transport {
     fn write_all(&mut self, bytes: &[u8]) -> impl Future<Output = io::Result<()>>;
     /// Half-closes the write side, so the peer sees the end of the responses.
     fn shutdown_write(&mut self);
+    /// The client's IP address, if known.
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        None
+    }
 }
 
 /// What the driver tells its shard and asks of it.
@@ -212,6 +216,7 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
     let mut chunked: Option<ChunkedDecoder> = None;
     let mut continue_sent = false;
     let mut header_slots = HeaderSlots::new(settings.header_count_max);
+    let peer = transport.peer_ip();
     // The header deadline of the first request runs from the connection's start.
     let mut head_started = Instant::now();
     let mut batch_started = head_started;
@@ -314,6 +319,7 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
                 version: head.version,
                 headers: head.headers,
                 body: request_body,
+                peer,
             };
             let mut response = Response::new(
                 &mut output,

@@ -31,6 +31,8 @@ pub struct Request<'b> {
     pub headers: &'b [httparse::Header<'b>],
     /// The whole body (decoded if it was chunked).
     pub body: &'b [u8],
+    /// The client's address, when the transport knows it.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl Request<'_> {

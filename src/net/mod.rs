@@ -59,6 +59,7 @@ impl Listener {
 pub struct Stream {
     inner: glommio::net::TcpStream,
     registration: Registration,
+    peer: Option<std::net::IpAddr>,
 }
 
 impl Stream {
@@ -67,7 +68,12 @@ impl Stream {
         let _ = inner.set_nodelay(true);
         // glommio arms this timer only when a write would block, so it costs nothing otherwise.
         let _ = inner.set_write_timeout(Some(write_timeout));
-        Stream { inner, registration }
+        let peer = inner.peer_addr().ok().map(|address| address.ip());
+        Stream {
+            inner,
+            registration,
+            peer,
+        }
     }
 
     fn raw_fd(&self) -> RawFd {
@@ -96,6 +102,10 @@ impl Transport for Stream {
         unsafe {
             libc::shutdown(self.raw_fd(), libc::SHUT_WR);
         }
+    }
+
+    fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.peer
     }
 }
 

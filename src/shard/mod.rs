@@ -9,6 +9,7 @@
 pub mod mesh;
 pub mod offload;
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,9 +19,11 @@ use std::time::Duration;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::config::{parse_cpu_list, Config, ConfigError};
+use crate::home::{Home, UserCommand, UserReply};
 use crate::http::date;
 use crate::metrics::{ShardMetrics, Snapshot};
 use crate::net::Connections;
+use crate::slots::Slot;
 use mesh::{Mesh, MeshError};
 
 pub use crate::slots::{slot_range, SLOT_COUNT};
@@ -81,6 +84,8 @@ pub enum Command {
     Snapshot,
     /// Describe yourself.
     Describe,
+    /// A user-scoped command for a user whose home is the receiving shard.
+    User(UserCommand),
 }
 
 /// The answer to a [`Command`].
@@ -90,6 +95,8 @@ pub enum Reply {
     Snapshot(Box<Snapshot>),
     /// Description.
     Describe(ShardInfo),
+    /// The home shard's answer to a user-scoped command.
+    User(UserReply),
 }
 
 /// One shard's state, owned by its executor thread.
@@ -102,6 +109,8 @@ pub struct Shard {
     pub connections: Rc<Connections>,
     /// What this shard tells about itself.
     pub info: ShardInfo,
+    /// The users whose slots this shard owns.
+    home: RefCell<Home>,
     mesh: Mesh<Command, Reply>,
 }
 
@@ -118,6 +127,20 @@ impl Shard {
         } else {
             self.mesh.send_to(target, command).await
         }
+    }
+
+    /// Runs a user-scoped command on the home shard of `slot`.
+    pub async fn invoke_on_home(&self, slot: Slot, command: UserCommand) -> Result<UserReply, MeshError> {
+        let home = slot.shard(self.cluster.shards);
+        match self.invoke_on(home, Command::User(command)).await? {
+            Reply::User(reply) => Ok(reply),
+            _ => unreachable!("a user command is answered with a user reply"),
+        }
+    }
+
+    /// The shard that owns `slot`.
+    pub fn home_of(&self, slot: Slot) -> usize {
+        slot.shard(self.cluster.shards)
     }
 
     /// Runs a command on every shard, in shard order.
@@ -139,6 +162,7 @@ impl Shard {
         match command {
             Command::Snapshot => Reply::Snapshot(Box::new(self.metrics.snapshot(self.connections.open()))),
             Command::Describe => Reply::Describe(self.info.clone()),
+            Command::User(command) => Reply::User(self.home.borrow_mut().execute(command)),
         }
     }
 
@@ -298,6 +322,7 @@ impl Launch {
                     metrics: metrics.clone(),
                     connections: connections.clone(),
                     info,
+                    home: RefCell::new(Home::new(&config.auth)),
                     mesh,
                 });
                 for (peer, receiver) in receivers {

@@ -1,0 +1,482 @@
+//! A user's home shard: executes the user-scoped commands of the users whose slots this shard owns,
+//! against its [`AuthState`], with the per-username login throttle and the per-user request limit.
+//!
+//! Commands arrive as owned values, from the local API or over the mesh, and are answered with
+//! owned replies; they are never HTTP. Every authenticated command names its session, so a revoked
+//! session stops working at once on every route. No I/O and no clock reads: time comes with each
+//! command. Shard-local.
+
+use crate::auth::state::{AuthError, AuthState, Command, Event, RevokeReason, TokenHash};
+use crate::config::AuthConfig;
+use crate::ratelimit::{Limiter, Quota};
+use crate::slots::UserId;
+
+/// A user-scoped request to the user's home shard.
+#[derive(Debug)]
+pub enum UserCommand {
+    /// Sign up (the password is already hashed).
+    CreateUser {
+        /// New id, in the username's slot.
+        id: UserId,
+        /// Case-folded, validated username.
+        username: String,
+        /// argon2id PHC string.
+        password_hash: String,
+        /// Unix milliseconds.
+        now_ms: u64,
+    },
+    /// Before a password check: may this username try now, and what are its credentials?
+    LoginLookup {
+        /// Case-folded username.
+        username: String,
+        /// Unix milliseconds.
+        now_ms: u64,
+    },
+    /// A password check failed.
+    LoginFailed {
+        /// Case-folded username.
+        username: String,
+        /// Unix milliseconds.
+        now_ms: u64,
+    },
+    /// A password check passed: open a session.
+    CreateSession {
+        /// User.
+        user: UserId,
+        /// New session id.
+        session: String,
+        /// Hash of the new refresh token.
+        refresh_hash: TokenHash,
+        /// Unix milliseconds.
+        refresh_expires_at_ms: u64,
+        /// Unix milliseconds.
+        now_ms: u64,
+    },
+    /// Rotate a refresh token.
+    Refresh {
+        /// Hash of the presented token.
+        presented: TokenHash,
+        /// Hash of its replacement.
+        replacement: TokenHash,
+        /// Unix milliseconds.
+        refresh_expires_at_ms: u64,
+        /// Unix milliseconds.
+        now_ms: u64,
+    },
+    /// A request with a verified access token: check the session, count the request, act.
+    Authenticated {
+        /// The token's `sub`.
+        user: UserId,
+        /// The token's `sid`.
+        session: String,
+        /// Unix milliseconds.
+        now_ms: u64,
+        /// What to do.
+        action: UserAction,
+    },
+}
+
+/// What an authenticated request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserAction {
+    /// `GET /v1/me`
+    Me,
+    /// `GET /v1/sessions`
+    ListSessions,
+    /// `DELETE /v1/sessions/current`
+    RevokeCurrent,
+    /// `DELETE /v1/sessions`
+    RevokeAll,
+}
+
+/// A user as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserView {
+    /// Id.
+    pub id: UserId,
+    /// Case-folded username.
+    pub username: String,
+    /// Unix milliseconds.
+    pub created_at_ms: u64,
+}
+
+/// A session as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    /// Session id.
+    pub session: String,
+    /// Unix milliseconds.
+    pub created_at_ms: u64,
+    /// Unix milliseconds.
+    pub last_used_at_ms: u64,
+}
+
+/// The home shard's answer.
+#[derive(Debug)]
+pub enum UserReply {
+    /// A user (signup, `/v1/me`).
+    User(UserView),
+    /// The credentials for a password check; `None` for an unknown username.
+    Credentials(Option<(UserId, String)>),
+    /// A session was opened or refreshed for this user.
+    Session {
+        /// User.
+        user: UserId,
+        /// Session id.
+        session: String,
+    },
+    /// The user's sessions, oldest first.
+    Sessions(Vec<SessionView>),
+    /// Done, nothing to show.
+    Done,
+    /// Refused.
+    Refused(HomeError),
+}
+
+/// Why the home shard refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HomeError {
+    /// 409: the username belongs to another user.
+    UsernameTaken,
+    /// 401: unknown, expired, rotated or revoked refresh token.
+    InvalidRefreshToken,
+    /// 401: the session is revoked or unknown, or the user is.
+    NotAuthenticated,
+    /// 429 on login: too many failed attempts for this username.
+    TooManyAttempts {
+        /// Seconds until another attempt is allowed.
+        retry_after_seconds: u64,
+    },
+    /// 429: the user's request rate is exceeded.
+    RateLimited {
+        /// Seconds until another request is allowed.
+        retry_after_seconds: u64,
+    },
+    /// A freshly drawn id collided; the caller draws again (astronomically rare).
+    IdCollision,
+}
+
+/// One shard's user-scoped state.
+pub struct Home {
+    auth: AuthState,
+    login_failures: Limiter<String>,
+    user_requests: Limiter<UserId>,
+}
+
+impl Home {
+    /// Empty state with the limits of `config`.
+    pub fn new(config: &AuthConfig) -> Home {
+        let window_ms = config.login_window_seconds.saturating_mul(1000);
+        let failures = config.login_failures_per_username_max;
+        let login_quota =
+            Quota::new(failures, window_ms, failures).expect("auth limits are validated at load");
+        let user_quota = Quota::new(config.user_requests_per_second, 1000, config.user_request_burst)
+            .expect("auth limits are validated at load");
+        Home {
+            auth: AuthState::new(),
+            login_failures: Limiter::new(login_quota, config.rate_limit_entries_max),
+            user_requests: Limiter::new(user_quota, config.rate_limit_entries_max),
+        }
+    }
+
+    /// Executes one command.
+    pub fn execute(&mut self, command: UserCommand) -> UserReply {
+        match command {
+            UserCommand::CreateUser {
+                id,
+                username,
+                password_hash,
+                now_ms,
+            } => {
+                let command = Command::CreateUser {
+                    id,
+                    username,
+                    password_hash,
+                    now_ms,
+                };
+                match self.auth.execute(&command) {
+                    Ok(events) => match events.first() {
+                        Some(Event::UserCreated(user)) => UserReply::User(UserView {
+                            id: user.id.clone(),
+                            username: user.username.clone(),
+                            created_at_ms: user.created_at_ms,
+                        }),
+                        _ => unreachable!("CreateUser decides UserCreated"),
+                    },
+                    Err(AuthError::UsernameTaken) => UserReply::Refused(HomeError::UsernameTaken),
+                    Err(_) => UserReply::Refused(HomeError::IdCollision),
+                }
+            }
+            UserCommand::LoginLookup { username, now_ms } => {
+                if let Err(retry) = self.login_failures.would_allow(&username, now_ms) {
+                    return UserReply::Refused(HomeError::TooManyAttempts {
+                        retry_after_seconds: retry.seconds(),
+                    });
+                }
+                UserReply::Credentials(
+                    self.auth
+                        .user_by_username(&username)
+                        .map(|user| (user.id.clone(), user.password_hash.clone())),
+                )
+            }
+            UserCommand::LoginFailed { username, now_ms } => {
+                let _ = self.login_failures.check(&username, now_ms);
+                UserReply::Done
+            }
+            UserCommand::CreateSession {
+                user,
+                session,
+                refresh_hash,
+                refresh_expires_at_ms,
+                now_ms,
+            } => {
+                let command = Command::CreateSession {
+                    user: user.clone(),
+                    session: session.clone(),
+                    refresh_hash,
+                    refresh_expires_at_ms,
+                    now_ms,
+                };
+                match self.auth.execute(&command) {
+                    Ok(_) => {
+                        if let Some(found) = self.auth.user(&user) {
+                            // A successful login clears the username's failures.
+                            let username = found.username.clone();
+                            self.login_failures.reset(&username);
+                        }
+                        UserReply::Session { user, session }
+                    }
+                    Err(AuthError::UnknownUser) => UserReply::Refused(HomeError::NotAuthenticated),
+                    Err(_) => UserReply::Refused(HomeError::IdCollision),
+                }
+            }
+            UserCommand::Refresh {
+                presented,
+                replacement,
+                refresh_expires_at_ms,
+                now_ms,
+            } => {
+                let command = Command::Refresh {
+                    presented,
+                    replacement,
+                    refresh_expires_at_ms,
+                    now_ms,
+                };
+                match self.auth.decide(&command) {
+                    Ok(events) => {
+                        for event in &events {
+                            self.auth.apply(event);
+                        }
+                        match events.first() {
+                            Some(Event::SessionRefreshed { session, .. }) => {
+                                let user = self
+                                    .auth
+                                    .session_owner(session)
+                                    .expect("a refreshed session is live")
+                                    .clone();
+                                UserReply::Session {
+                                    user,
+                                    session: session.clone(),
+                                }
+                            }
+                            // Reuse revoked the session; the presenter learns only that it failed.
+                            Some(Event::SessionRevoked {
+                                reason: RevokeReason::RefreshTokenReused,
+                                ..
+                            }) => UserReply::Refused(HomeError::InvalidRefreshToken),
+                            _ => UserReply::Refused(HomeError::InvalidRefreshToken),
+                        }
+                    }
+                    Err(AuthError::SessionIdTaken) => UserReply::Refused(HomeError::IdCollision),
+                    Err(_) => UserReply::Refused(HomeError::InvalidRefreshToken),
+                }
+            }
+            UserCommand::Authenticated {
+                user,
+                session,
+                now_ms,
+                action,
+            } => self.authenticated(user, session, now_ms, action),
+        }
+    }
+
+    fn authenticated(&mut self, user: UserId, session: String, now_ms: u64, action: UserAction) -> UserReply {
+        if self.auth.session(&user, &session).is_none() {
+            return UserReply::Refused(HomeError::NotAuthenticated);
+        }
+        if let Err(retry) = self.user_requests.check(&user, now_ms) {
+            return UserReply::Refused(HomeError::RateLimited {
+                retry_after_seconds: retry.seconds(),
+            });
+        }
+        self.auth.touch(&session, now_ms);
+        match action {
+            UserAction::Me => match self.auth.user(&user) {
+                Some(found) => UserReply::User(UserView {
+                    id: found.id.clone(),
+                    username: found.username.clone(),
+                    created_at_ms: found.created_at_ms,
+                }),
+                None => UserReply::Refused(HomeError::NotAuthenticated),
+            },
+            UserAction::ListSessions => UserReply::Sessions(
+                self.auth
+                    .sessions_of(&user)
+                    .into_iter()
+                    .map(|s| SessionView {
+                        session: s.id.clone(),
+                        created_at_ms: s.created_at_ms,
+                        last_used_at_ms: s.last_used_at_ms,
+                    })
+                    .collect(),
+            ),
+            UserAction::RevokeCurrent => {
+                let _ = self.auth.execute(&Command::RevokeSession { user, session });
+                UserReply::Done
+            }
+            UserAction::RevokeAll => {
+                let _ = self.auth.execute(&Command::RevokeAllSessions { user });
+                UserReply::Done
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slots::Slot;
+
+    fn home() -> Home {
+        let config = AuthConfig {
+            login_failures_per_username_max: 2,
+            login_window_seconds: 60,
+            user_requests_per_second: 1,
+            user_request_burst: 2,
+            ..AuthConfig::default()
+        };
+        Home::new(&config)
+    }
+
+    fn signup(home: &mut Home, name: &str) -> UserId {
+        let id = UserId::new(Slot::of_username(name), [7; 10]);
+        let reply = home.execute(UserCommand::CreateUser {
+            id: id.clone(),
+            username: name.into(),
+            password_hash: "phc".into(),
+            now_ms: 1,
+        });
+        assert!(matches!(reply, UserReply::User(_)), "{reply:?}");
+        id
+    }
+
+    #[test]
+    fn login_failures_throttle_the_username_until_a_success() {
+        let mut home = home();
+        let alice = signup(&mut home, "alice");
+        for _ in 0..2 {
+            assert!(matches!(
+                home.execute(UserCommand::LoginLookup {
+                    username: "alice".into(),
+                    now_ms: 10
+                }),
+                UserReply::Credentials(Some(_))
+            ));
+            home.execute(UserCommand::LoginFailed {
+                username: "alice".into(),
+                now_ms: 10,
+            });
+        }
+        let throttled = home.execute(UserCommand::LoginLookup {
+            username: "alice".into(),
+            now_ms: 11,
+        });
+        assert!(
+            matches!(throttled, UserReply::Refused(HomeError::TooManyAttempts { .. })),
+            "{throttled:?}"
+        );
+        // After the window refills, a successful login resets the count.
+        let later = 10 + 60_000;
+        assert!(matches!(
+            home.execute(UserCommand::LoginLookup {
+                username: "alice".into(),
+                now_ms: later
+            }),
+            UserReply::Credentials(Some(_))
+        ));
+        home.execute(UserCommand::CreateSession {
+            user: alice,
+            session: "ses_1".into(),
+            refresh_hash: [1; 32],
+            refresh_expires_at_ms: later + 1000,
+            now_ms: later,
+        });
+        home.execute(UserCommand::LoginFailed {
+            username: "alice".into(),
+            now_ms: later,
+        });
+        assert!(matches!(
+            home.execute(UserCommand::LoginLookup {
+                username: "alice".into(),
+                now_ms: later
+            }),
+            UserReply::Credentials(Some(_))
+        ));
+    }
+
+    #[test]
+    fn authenticated_commands_check_the_session_every_time() {
+        let mut home = home();
+        let alice = signup(&mut home, "alice");
+        home.execute(UserCommand::CreateSession {
+            user: alice.clone(),
+            session: "ses_1".into(),
+            refresh_hash: [1; 32],
+            refresh_expires_at_ms: 10_000,
+            now_ms: 5,
+        });
+        let me = |home: &mut Home, now_ms, action| {
+            home.execute(UserCommand::Authenticated {
+                user: alice.clone(),
+                session: "ses_1".into(),
+                now_ms,
+                action,
+            })
+        };
+        assert!(matches!(me(&mut home, 10, UserAction::Me), UserReply::User(_)));
+        assert!(matches!(
+            me(&mut home, 10, UserAction::RevokeCurrent),
+            UserReply::Done
+        ));
+        assert!(matches!(
+            me(&mut home, 10, UserAction::Me),
+            UserReply::Refused(HomeError::NotAuthenticated)
+        ));
+    }
+
+    #[test]
+    fn the_user_request_limit_applies_after_the_burst() {
+        let mut home = home();
+        let alice = signup(&mut home, "alice");
+        home.execute(UserCommand::CreateSession {
+            user: alice.clone(),
+            session: "ses_1".into(),
+            refresh_hash: [1; 32],
+            refresh_expires_at_ms: 10_000,
+            now_ms: 5,
+        });
+        let mut limited = 0;
+        for _ in 0..5 {
+            let reply = home.execute(UserCommand::Authenticated {
+                user: alice.clone(),
+                session: "ses_1".into(),
+                now_ms: 100,
+                action: UserAction::Me,
+            });
+            if matches!(reply, UserReply::Refused(HomeError::RateLimited { .. })) {
+                limited += 1;
+            }
+        }
+        assert_eq!(limited, 3, "a burst of two, then limited");
+    }
+}
