@@ -435,7 +435,35 @@ impl AuthConfig {
         )?;
         positive("auth.user_request_burst", u64::from(self.user_request_burst))?;
         positive("auth.rate_limit_entries_max", self.rate_limit_entries_max as u64)?;
+        if self.rate_limit_entries_max > 10_000_000 {
+            return Err(error("auth.rate_limit_entries_max", "at most 10000000"));
+        }
+        self.login_failure_quota()?;
+        self.login_attempt_quota()?;
+        self.user_request_quota()?;
         Ok(())
+    }
+
+    /// Failed logins per username per window.
+    pub fn login_failure_quota(&self) -> Result<crate::ratelimit::Quota, ConfigError> {
+        let window_ms = self.login_window_seconds.saturating_mul(1000);
+        let failures = self.login_failures_per_username_max;
+        crate::ratelimit::Quota::new(failures, window_ms, failures)
+            .map_err(|err| error("auth.login_failures_per_username_max", err.to_string()))
+    }
+
+    /// Login attempts per client IP per window.
+    pub fn login_attempt_quota(&self) -> Result<crate::ratelimit::Quota, ConfigError> {
+        let window_ms = self.login_window_seconds.saturating_mul(1000);
+        let attempts = self.login_attempts_per_ip_max;
+        crate::ratelimit::Quota::new(attempts, window_ms, attempts)
+            .map_err(|err| error("auth.login_attempts_per_ip_max", err.to_string()))
+    }
+
+    /// Authenticated requests per user: the sustained rate per second and the burst.
+    pub fn user_request_quota(&self) -> Result<crate::ratelimit::Quota, ConfigError> {
+        crate::ratelimit::Quota::new(self.user_requests_per_second, 1000, self.user_request_burst)
+            .map_err(|err| error("auth.user_requests_per_second", err.to_string()))
     }
 
     /// The JWT keys (validated at load).
@@ -694,6 +722,28 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.key, "auth.jwt_keys");
+    }
+
+    #[test]
+    fn rate_limits_that_cannot_be_enforced_are_refused() {
+        // A request rate above one per millisecond cannot be expressed by the limiter.
+        let err = Config::load(
+            None,
+            env(&[("SHARDPAY_AUTH_USER_REQUESTS_PER_SECOND", "5000")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "auth.user_requests_per_second");
+        let err = Config::load(
+            None,
+            env(&[
+                ("SHARDPAY_AUTH_LOGIN_WINDOW_SECONDS", "1"),
+                ("SHARDPAY_AUTH_LOGIN_ATTEMPTS_PER_IP_MAX", "5000"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "auth.login_attempts_per_ip_max");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use crate::auth::state::{AuthError, AuthState, Command, Event, RevokeReason, TokenHash};
 use crate::config::AuthConfig;
-use crate::ratelimit::{Limiter, Quota};
+use crate::ratelimit::Limiter;
 use crate::slots::UserId;
 
 /// A user-scoped request to the user's home shard.
@@ -166,11 +166,11 @@ pub struct Home {
 impl Home {
     /// Empty state with the limits of `config`.
     pub fn new(config: &AuthConfig) -> Home {
-        let window_ms = config.login_window_seconds.saturating_mul(1000);
-        let failures = config.login_failures_per_username_max;
-        let login_quota =
-            Quota::new(failures, window_ms, failures).expect("auth limits are validated at load");
-        let user_quota = Quota::new(config.user_requests_per_second, 1000, config.user_request_burst)
+        let login_quota = config
+            .login_failure_quota()
+            .expect("auth limits are validated at load");
+        let user_quota = config
+            .user_request_quota()
             .expect("auth limits are validated at load");
         Home {
             auth: AuthState::new(),

@@ -28,6 +28,9 @@ use std::hash::Hash;
 /// than scanning on every one.
 pub const EVICTION_BATCH_DIVISOR: usize = 16;
 
+/// Entries a limiter allocates room for at first; it grows up to its maximum as keys arrive.
+const INITIAL_ENTRIES: usize = 1024;
+
 /// Milliseconds in a second, for [`RetryAfter::seconds`].
 const MILLISECONDS_PER_SECOND: u64 = 1000;
 
@@ -205,7 +208,7 @@ impl<K: Eq + Hash + Clone> Limiter<K> {
         assert!(entries_max >= 1, "a rate limiter must remember at least one key");
         Limiter {
             quota,
-            entries: HashMap::with_capacity(entries_max),
+            entries: HashMap::with_capacity(entries_max.min(INITIAL_ENTRIES)),
             entries_max,
         }
     }

@@ -23,7 +23,7 @@ use crate::auth::jwt::{Claims, KeySet};
 use crate::auth::password::{self, PasswordParams};
 use crate::config::AuthConfig;
 use crate::home::{HomeError, SessionView, UserAction, UserCommand, UserReply, UserView};
-use crate::ratelimit::{Limiter, Quota};
+use crate::ratelimit::Limiter;
 use crate::shard::offload::Offload;
 use crate::shard::Shard;
 use crate::slots::{Slot, UserId};
@@ -56,8 +56,6 @@ impl Auth {
     /// From the (validated) configuration.
     pub fn new(config: &AuthConfig) -> Auth {
         let params = config.password_params();
-        let window_ms = config.login_window_seconds.saturating_mul(1000);
-        let attempts = config.login_attempts_per_ip_max;
         Auth {
             keys: config.key_set().expect("auth.jwt_keys is validated at load"),
             issuer: config.issuer.clone(),
@@ -70,7 +68,9 @@ impl Auth {
                 config.password_hash_queue_max,
             ),
             login_attempts_by_ip: RefCell::new(Limiter::new(
-                Quota::new(attempts, window_ms, attempts).expect("auth limits are validated at load"),
+                config
+                    .login_attempt_quota()
+                    .expect("auth limits are validated at load"),
                 config.rate_limit_entries_max,
             )),
         }
