@@ -12,6 +12,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod payments;
 pub mod ratelimit;
 pub mod server;
 pub mod shard;

@@ -1,0 +1,7 @@
+//! Money: each shard's ledger of balances, payments, refunds and cross-shard credits
+//! ([`ledger`]), a deterministic state machine with its invariants checked in code.
+//!
+//! Like `auth`, this module is pure: no I/O, no clock, no randomness. It is not yet behind HTTP
+//! routes; the payment routes, idempotency keys and their storage build on it.
+
+pub mod ledger;
