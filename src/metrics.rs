@@ -84,6 +84,8 @@ pub struct ShardMetrics {
     pub connections_rejected: Cell<u64>,
     /// Failed accept calls (EMFILE and the like).
     pub accept_errors: Cell<u64>,
+    /// argon2id computations started (hashes at signup, verifications at login).
+    pub password_checks: Cell<u64>,
     parse_errors: RefCell<Vec<(&'static str, u64)>>,
     /// Messages this shard sent to each peer.
     pub mesh_sent: Box<[Cell<u64>]>,
@@ -105,6 +107,7 @@ impl ShardMetrics {
             connections_accepted: Cell::new(0),
             connections_rejected: Cell::new(0),
             accept_errors: Cell::new(0),
+            password_checks: Cell::new(0),
             parse_errors: RefCell::new(Vec::new()),
             mesh_sent: cells(shards),
             mesh_received: cells(shards),
@@ -156,6 +159,7 @@ impl ShardMetrics {
             connections_accepted: self.connections_accepted.get(),
             connections_rejected: self.connections_rejected.get(),
             accept_errors: self.accept_errors.get(),
+            password_checks: self.password_checks.get(),
             parse_errors: self.parse_errors.borrow().clone(),
             mesh_sent: values(&self.mesh_sent),
             mesh_received: values(&self.mesh_received),
@@ -201,6 +205,8 @@ pub struct Snapshot {
     pub connections_rejected: u64,
     /// Failed accepts.
     pub accept_errors: u64,
+    /// argon2id computations started.
+    pub password_checks: u64,
     /// Refused requests by error code.
     pub parse_errors: Vec<(&'static str, u64)>,
     /// Mesh messages sent, by peer.
@@ -269,7 +275,7 @@ pub fn render(snapshots: &[Snapshot]) -> String {
             snapshot.shard, cumulative
         );
     }
-    let simple: [(&str, &str, &str, Gauge); 4] = [
+    let simple: [(&str, &str, &str, Gauge); 5] = [
         (
             "shardpay_connections_open",
             "gauge",
@@ -293,6 +299,12 @@ pub fn render(snapshots: &[Snapshot]) -> String {
             "counter",
             "Failed accept calls (e.g. out of file descriptors).",
             |s| s.accept_errors,
+        ),
+        (
+            "shardpay_password_checks_total",
+            "counter",
+            "argon2id computations started: hashes at signup, verifications at login (unknown users included).",
+            |s| s.password_checks,
         ),
     ];
     for (name, kind, help, value) in simple {

@@ -209,6 +209,10 @@ async fn signup(auth: &Auth, shard: &Shard, body: &[u8]) -> Result<Answer, Failu
     let salt: [u8; password::SALT_BYTES] = random()?;
     let params = auth.params;
     let secret = credentials.password.into_bytes();
+    shard
+        .metrics
+        .password_checks
+        .set(shard.metrics.password_checks.get() + 1);
     let password_hash = auth
         .hashing
         .run(move || password::hash_password(&secret, &salt, &params))
@@ -270,6 +274,10 @@ async fn login(auth: &Auth, shard: &Shard, body: &[u8], peer: Option<IpAddr>) ->
         .as_ref()
         .map_or_else(|| auth.dummy_hash.clone(), |(_, hash)| hash.clone());
     let secret = credentials.password.into_bytes();
+    shard
+        .metrics
+        .password_checks
+        .set(shard.metrics.password_checks.get() + 1);
     let matches = auth
         .hashing
         .run(move || password::verify_password(&secret, &stored))
@@ -311,7 +319,7 @@ async fn login(auth: &Auth, shard: &Shard, body: &[u8], peer: Option<IpAddr>) ->
             UserReply::Session { user, session } => {
                 return Ok(Answer {
                     status: 201,
-                    body: session_body(auth, &user, &session, &refresh_token, now),
+                    body: session_body(auth, &user, &session, &refresh_token, now)?,
                     home,
                 })
             }
@@ -341,7 +349,7 @@ async fn refresh(auth: &Auth, shard: &Shard, body: &[u8]) -> Result<Answer, Fail
             UserReply::Session { user, session } => {
                 return Ok(Answer {
                     status: 201,
-                    body: session_body(auth, &user, &session, &replacement, now),
+                    body: session_body(auth, &user, &session, &replacement, now)?,
                     home,
                 })
             }
@@ -450,7 +458,13 @@ fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-fn session_body(auth: &Auth, user: &UserId, session: &str, refresh_token: &str, now_ms: u64) -> Vec<u8> {
+fn session_body(
+    auth: &Auth,
+    user: &UserId,
+    session: &str,
+    refresh_token: &str,
+    now_ms: u64,
+) -> Result<Vec<u8>, ApiError> {
     let issued_at = now_ms / 1000;
     let claims = Claims {
         sub: user.to_string(),
@@ -458,6 +472,7 @@ fn session_body(auth: &Auth, user: &UserId, session: &str, refresh_token: &str, 
         iat: issued_at,
         exp: issued_at + auth.access_ttl_seconds,
         iss: auth.issuer.clone(),
+        jti: Some(hex(&random::<12>()?)),
     };
     let body = SessionBody {
         session_id: session,
@@ -467,7 +482,7 @@ fn session_body(auth: &Auth, user: &UserId, session: &str, refresh_token: &str, 
         refresh_token,
         refresh_expires_in: auth.refresh_ttl_seconds,
     };
-    serde_json::to_vec(&body).expect("plain structs serialize")
+    Ok(serde_json::to_vec(&body).expect("plain structs serialize"))
 }
 
 fn user_body(user: &UserView) -> Vec<u8> {

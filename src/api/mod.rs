@@ -255,13 +255,15 @@ impl Handler for Api {
                         } else {
                             "application/json"
                         };
+                        // Tokens and account data must not be stored by caches (RFC 6749 §5.1).
+                        let no_store: [(&str, &[u8]); 1] = [("Cache-Control", b"no-store")];
                         self.send(
                             response,
                             request_id,
                             answer.home,
                             answer.status,
                             content_type,
-                            &[],
+                            &no_store,
                             &answer.body,
                         )
                     }

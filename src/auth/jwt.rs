@@ -323,6 +323,9 @@ pub struct Claims {
     pub exp: u64,
     /// Issuer: which deployment signed the token.
     pub iss: String,
+    /// Token id (RFC 7519 §4.1.7): random, so no two tokens are alike even within one second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// The header members this module reads; the others (`typ`, ...) are ignored, as RFC 7515 allows.
@@ -384,6 +387,7 @@ mod tests {
             iat: NOW,
             exp: NOW + 900,
             iss: ISSUER.to_string(),
+            jti: None,
         }
     }
 
@@ -763,9 +767,17 @@ mod tests {
         let keys = key_set("k1");
         // A different member order and spacing than ours, and an extra claim: still a valid JWT.
         let header = r#"{ "typ": "JWT", "kid": "k1", "alg": "HS256" }"#;
-        let payload = r#"{"iss":"shardpay","exp":1700000900,"iat":1700000000,"sid":"session-7","sub":"user-42","jti":"x"}"#;
+        let payload = r#"{"iss":"shardpay","exp":1700000900,"iat":1700000000,"sid":"session-7","sub":"user-42","scope":"x"}"#;
         let token = independent_token(header, payload, SECRET);
         assert_eq!(keys.verify(&token, NOW, ISSUER), Ok(claims()));
+        // `jti` is read when present.
+        let with_id = payload.replace(r#""scope":"x""#, r#""jti":"t-1""#);
+        let token = independent_token(header, &with_id, SECRET);
+        let expected = Claims {
+            jti: Some("t-1".to_string()),
+            ..claims()
+        };
+        assert_eq!(keys.verify(&token, NOW, ISSUER), Ok(expected));
 
         // And our signature is plain HMAC-SHA256 over the first two segments, as any library checks it.
         let ours = keys.sign(&claims());
@@ -813,6 +825,7 @@ mod tests {
             iat: 1_516_239_022,
             exp: 1_516_242_622,
             iss: ISSUER.to_string(),
+            jti: None,
         };
         let keys = key_set("key-2018");
         assert_eq!(keys.sign(&expected), SHARDPAY_TOKEN);
