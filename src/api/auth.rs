@@ -305,17 +305,52 @@ async fn login(auth: &Auth, shard: &Shard, body: &[u8], peer: Option<IpAddr>) ->
             });
         }
     };
-    for _ in 0..ID_DRAWS_MAX {
-        let session = format!("ses_{}", hex(&random::<12>()?));
-        let refresh_token = new_refresh_token(slot)?;
-        let command = UserCommand::CreateSession {
+    let refresh_expires_at_ms = now.saturating_add(auth.refresh_ttl_seconds.saturating_mul(1000));
+    issue_tokens(auth, shard, slot, now, |refresh_hash| {
+        Ok(UserCommand::CreateSession {
             user: user.clone(),
-            session,
-            refresh_hash: token_hash(&refresh_token),
-            refresh_expires_at_ms: now.saturating_add(auth.refresh_ttl_seconds.saturating_mul(1000)),
+            session: format!("ses_{}", hex(&random::<12>()?)),
+            refresh_hash,
+            refresh_expires_at_ms,
             now_ms: now,
-        };
-        match shard.invoke_on_home(slot, command).await.map_err(mesh_failure)? {
+        })
+    })
+    .await
+}
+
+async fn refresh(auth: &Auth, shard: &Shard, body: &[u8]) -> Result<Answer, Failure> {
+    let request: RefreshBody = parse_body(body)?;
+    let slot = refresh_token_slot(&request.refresh_token)
+        .ok_or_else(|| Failure::from(refused_error(HomeError::InvalidRefreshToken)))?;
+    let now = now_ms();
+    let presented = token_hash(&request.refresh_token);
+    let refresh_expires_at_ms = now.saturating_add(auth.refresh_ttl_seconds.saturating_mul(1000));
+    issue_tokens(auth, shard, slot, now, |replacement| {
+        Ok(UserCommand::Refresh {
+            presented,
+            replacement,
+            refresh_expires_at_ms,
+            now_ms: now,
+        })
+    })
+    .await
+}
+
+/// Draws a refresh token in `slot`, asks the home shard to open or refresh a session with its hash
+/// (the command is built by `command`), and answers with the new token pair. A drawn id that
+/// collides is drawn again, a bounded number of times.
+async fn issue_tokens(
+    auth: &Auth,
+    shard: &Shard,
+    slot: Slot,
+    now: u64,
+    command: impl Fn([u8; 32]) -> Result<UserCommand, ApiError>,
+) -> Result<Answer, Failure> {
+    let home = shard.home_of(slot);
+    for _ in 0..ID_DRAWS_MAX {
+        let refresh_token = new_refresh_token(slot)?;
+        let request = command(token_hash(&refresh_token))?;
+        match shard.invoke_on_home(slot, request).await.map_err(mesh_failure)? {
             UserReply::Session { user, session } => {
                 return Ok(Answer {
                     status: 201,
@@ -328,37 +363,7 @@ async fn login(auth: &Auth, shard: &Shard, body: &[u8], peer: Option<IpAddr>) ->
             other => return Err(unexpected(&other)),
         }
     }
-    Err(internal("could not draw a free session id").into())
-}
-
-async fn refresh(auth: &Auth, shard: &Shard, body: &[u8]) -> Result<Answer, Failure> {
-    let request: RefreshBody = parse_body(body)?;
-    let slot = refresh_token_slot(&request.refresh_token)
-        .ok_or_else(|| Failure::from(refused_error(HomeError::InvalidRefreshToken)))?;
-    let home = shard.home_of(slot);
-    let now = now_ms();
-    for _ in 0..ID_DRAWS_MAX {
-        let replacement = new_refresh_token(slot)?;
-        let command = UserCommand::Refresh {
-            presented: token_hash(&request.refresh_token),
-            replacement: token_hash(&replacement),
-            refresh_expires_at_ms: now.saturating_add(auth.refresh_ttl_seconds.saturating_mul(1000)),
-            now_ms: now,
-        };
-        match shard.invoke_on_home(slot, command).await.map_err(mesh_failure)? {
-            UserReply::Session { user, session } => {
-                return Ok(Answer {
-                    status: 201,
-                    body: session_body(auth, &user, &session, &replacement, now)?,
-                    home,
-                })
-            }
-            UserReply::Refused(HomeError::IdCollision) => continue,
-            UserReply::Refused(error) => return Err(refused(error, home)),
-            other => return Err(unexpected(&other)),
-        }
-    }
-    Err(internal("could not draw a free refresh token").into())
+    Err(internal("could not draw a free session id or refresh token").into())
 }
 
 async fn authenticated(
