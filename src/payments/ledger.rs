@@ -361,7 +361,7 @@ impl Ledger {
                 currency,
             } => {
                 check_amount(*amount)?;
-                if self.used_ids.contains(id) {
+                if self.id_in_use(id) {
                     return Err(LedgerError::IdTaken);
                 }
                 self.balance(user, *currency)
@@ -386,7 +386,7 @@ impl Ledger {
                 {
                     return Err(LedgerError::DescriptionTooLong);
                 }
-                if self.payments.contains_key(&payment.id) || self.outbox_index.contains_key(&payment.id) {
+                if self.id_in_use(&payment.id) {
                     return Err(LedgerError::IdTaken);
                 }
                 if self.balance(&payment.from, payment.currency) < payment.amount {
@@ -437,7 +437,7 @@ impl Ledger {
                 if &found.to != by {
                     return Err(LedgerError::NotThePayee);
                 }
-                if self.used_ids.contains(refund) || self.outbox_index.contains_key(refund) {
+                if self.id_in_use(refund) {
                     return Err(LedgerError::IdTaken);
                 }
                 let left = found.amount - found.amount_refunded;
@@ -585,6 +585,16 @@ impl Ledger {
                 let outflow = self.debited_out.get(&currency).copied().unwrap_or(0);
                 inflow.checked_sub(outflow) == Some(self.total(currency))
             })
+    }
+
+    /// Whether any deposit, payment, refund or received transfer here has this id. Transfers are
+    /// deduplicated by id on the receiving shard, so an id must never serve twice: a payment
+    /// reusing a refund's id would be taken for a repeat and its credit lost.
+    fn id_in_use(&self, id: &str) -> bool {
+        self.used_ids.contains(id)
+            || self.payments.contains_key(id)
+            || self.outbox_index.contains_key(id)
+            || self.received.contains(id)
     }
 
     fn credit(&mut self, user: &UserId, currency: Currency, amount: u64) {
@@ -771,6 +781,30 @@ mod tests {
             Err(LedgerError::RefundExceedsPayment)
         );
         assert!(ledger.conserved());
+    }
+
+    /// Regression (found by the cluster simulator): a payment could take the id of a deposit or of
+    /// a received transfer; the receiving shard would then drop its credit as a repeat.
+    #[test]
+    fn an_id_never_serves_twice() {
+        let (alice, bob) = (user("alice"), user("bob"));
+        let mut ledger = Ledger::new();
+        deposit(&mut ledger, "dep_1", &alice, 100);
+        let reuse = Command::Pay {
+            payment: payment("dep_1", &alice, &bob, 1),
+            payee_local: false,
+        };
+        assert_eq!(ledger.decide(&reuse), Err(LedgerError::IdTaken));
+        ledger
+            .execute(&Command::Receive(Transfer::Payment(payment(
+                "pay_x", &bob, &alice, 5,
+            ))))
+            .unwrap();
+        let reuse = Command::Pay {
+            payment: payment("pay_x", &alice, &bob, 1),
+            payee_local: false,
+        };
+        assert_eq!(ledger.decide(&reuse), Err(LedgerError::IdTaken));
     }
 
     #[test]
