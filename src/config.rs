@@ -24,6 +24,8 @@ pub struct Config {
     pub mesh: MeshConfig,
     /// Users, sessions and tokens.
     pub auth: AuthConfig,
+    /// Money.
+    pub money: MoneyConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -141,6 +143,24 @@ pub struct AuthConfig {
     pub rate_limit_entries_max: usize,
 }
 
+/// `[money]`: currencies, the admin API key and idempotency keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MoneyConfig {
+    /// Accepted ISO 4217 codes, comma-separated.
+    pub currencies: String,
+    /// The admin API key for `POST /v1/deposits` (`Authorization: Bearer <key>`), at least 16
+    /// characters. The development key is refused when `auth.dev_keys_allowed` is false.
+    pub admin_api_key: String,
+    /// How long an idempotency key and its stored answer are kept.
+    pub idempotency_retention_seconds: u64,
+    /// Most idempotency keys kept per shard; beyond it new keys get 503 until old ones expire.
+    pub idempotency_keys_max: usize,
+}
+
+/// The development admin API key. Refused when `auth.dev_keys_allowed` is false.
+pub const DEV_ADMIN_API_KEY: &str = "dev-admin-key-not-for-production";
+
 /// The development JWT secret (base64url). Refused when `auth.dev_keys_allowed` is false.
 pub const DEV_JWT_SECRET: &str = "ZGV2ZWxvcG1lbnQta2V5LW5vdC1mb3ItcHJvZHVjdGlvbi11c2U";
 
@@ -236,6 +256,69 @@ impl Default for AuthConfig {
             user_request_burst: 200,
             rate_limit_entries_max: 100_000,
         }
+    }
+}
+
+impl Default for MoneyConfig {
+    fn default() -> Self {
+        MoneyConfig {
+            currencies: "USD,EUR,GBP,JPY".to_string(),
+            admin_api_key: DEV_ADMIN_API_KEY.to_string(),
+            idempotency_retention_seconds: 24 * 3600,
+            idempotency_keys_max: 1_000_000,
+        }
+    }
+}
+
+impl MoneyConfig {
+    fn validate(&self, dev_keys_allowed: bool) -> Result<(), ConfigError> {
+        self.currency_list()?;
+        if self.admin_api_key.len() < 16 || self.admin_api_key.len() > 256 {
+            return Err(error("money.admin_api_key", "must be 16 to 256 characters"));
+        }
+        if !self.admin_api_key.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(error(
+                "money.admin_api_key",
+                "must be visible ASCII without spaces",
+            ));
+        }
+        if !dev_keys_allowed && self.admin_api_key == DEV_ADMIN_API_KEY {
+            return Err(error(
+                "money.admin_api_key",
+                "the development key is refused because auth.dev_keys_allowed is false",
+            ));
+        }
+        positive(
+            "money.idempotency_retention_seconds",
+            self.idempotency_retention_seconds,
+        )?;
+        positive("money.idempotency_keys_max", self.idempotency_keys_max as u64)?;
+        Ok(())
+    }
+
+    /// The accepted currencies (validated at load).
+    pub fn currency_list(&self) -> Result<Vec<crate::payments::ledger::Currency>, ConfigError> {
+        let mut list = Vec::new();
+        for code in self
+            .currencies
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        {
+            let currency = crate::payments::ledger::Currency::parse(code).ok_or_else(|| {
+                error(
+                    "money.currencies",
+                    format!("{code:?} is not three upper-case letters"),
+                )
+            })?;
+            if !list.contains(&currency) {
+                list.push(currency);
+            }
+        }
+        if list.is_empty() {
+            return Err(error("money.currencies", "must list at least one currency"));
+        }
+        Ok(list)
     }
 }
 
@@ -385,6 +468,7 @@ impl Config {
         positive("mesh.queue_depth", self.mesh.queue_depth as u64)?;
         positive("mesh.reply_timeout_ms", self.mesh.reply_timeout_ms)?;
         self.auth.validate()?;
+        self.money.validate(self.auth.dev_keys_allowed)?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|err| error("log.level", format!("not a valid filter: {err}")))?;
         Ok(())
@@ -710,6 +794,7 @@ mod tests {
                 ("SHARDPAY_AUTH_DEV_KEYS_ALLOWED", "false"),
                 ("SHARDPAY_AUTH_JWT_KEYS", own_key),
                 ("SHARDPAY_AUTH_JWT_SIGNING_KID", "own"),
+                ("SHARDPAY_MONEY_ADMIN_API_KEY", "an-admin-key-of-my-own"),
             ]),
             &Overrides::default(),
         )
@@ -722,6 +807,34 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.key, "auth.jwt_keys");
+    }
+
+    #[test]
+    fn money_settings_are_checked() {
+        let err = Config::load(
+            None,
+            env(&[("SHARDPAY_MONEY_CURRENCIES", "USD,euro")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "money.currencies");
+        let err = Config::load(
+            None,
+            env(&[("SHARDPAY_MONEY_ADMIN_API_KEY", "short")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "money.admin_api_key");
+        let production = [
+            ("SHARDPAY_AUTH_DEV_KEYS_ALLOWED", "false"),
+            (
+                "SHARDPAY_AUTH_JWT_KEYS",
+                "own:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0",
+            ),
+            ("SHARDPAY_AUTH_JWT_SIGNING_KID", "own"),
+        ];
+        let err = Config::load(None, env(&production), &Overrides::default()).unwrap_err();
+        assert_eq!(err.key, "money.admin_api_key");
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! command. Shard-local.
 
 use crate::auth::state::{AuthError, AuthState, Command, Event, RevokeReason, TokenHash};
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, MoneyConfig};
+use crate::payments::idempotency::{self, Begin, Fingerprint, Scope};
+use crate::payments::ledger::{self, Currency, Ledger, LedgerError};
 use crate::ratelimit::Limiter;
 use crate::slots::UserId;
 
@@ -63,6 +65,39 @@ pub enum UserCommand {
         /// Unix milliseconds.
         now_ms: u64,
     },
+    /// Claim or look up an idempotency key (on the shard that keeps the key).
+    IdempotencyBegin {
+        /// Whose key.
+        scope: Scope,
+        /// The key.
+        key: String,
+        /// The request it comes with.
+        fingerprint: Fingerprint,
+        /// Unix milliseconds.
+        now_ms: u64,
+    },
+    /// Store the final answer for a claimed key (a 5xx releases it instead).
+    IdempotencyComplete {
+        /// Whose key.
+        scope: Scope,
+        /// The key.
+        key: String,
+        /// Status to replay.
+        status: u16,
+        /// Body to replay, byte for byte.
+        body: Vec<u8>,
+    },
+    /// Credit a user of this shard (the admin deposit).
+    Deposit {
+        /// `dep_…`
+        id: String,
+        /// Recipient.
+        user: UserId,
+        /// Minor units.
+        amount: u64,
+        /// Currency.
+        currency: Currency,
+    },
     /// A request with a verified access token: check the session, count the request, act.
     Authenticated {
         /// The token's `sub`.
@@ -87,6 +122,8 @@ pub enum UserAction {
     RevokeCurrent,
     /// `DELETE /v1/sessions`
     RevokeAll,
+    /// `GET /v1/balances`
+    Balances,
 }
 
 /// A user as the API shows it.
@@ -129,6 +166,10 @@ pub enum UserReply {
     Sessions(Vec<SessionView>),
     /// Done, nothing to show.
     Done,
+    /// What to do with an idempotent request.
+    Idempotency(Begin),
+    /// Balances, in currency order.
+    Balances(Vec<(Currency, u64)>),
     /// Refused.
     Refused(HomeError),
 }
@@ -154,18 +195,24 @@ pub enum HomeError {
     },
     /// A freshly drawn id collided; the caller draws again (astronomically rare).
     IdCollision,
+    /// 404: no such user.
+    UserNotFound,
+    /// A ledger refusal (422 and friends).
+    Ledger(LedgerError),
 }
 
 /// One shard's user-scoped state.
 pub struct Home {
     auth: AuthState,
+    ledger: Ledger,
+    idempotency: idempotency::Store,
     login_failures: Limiter<String>,
     user_requests: Limiter<UserId>,
 }
 
 impl Home {
-    /// Empty state with the limits of `config`.
-    pub fn new(config: &AuthConfig) -> Home {
+    /// Empty state with the limits of the configuration.
+    pub fn new(config: &AuthConfig, money: &MoneyConfig) -> Home {
         let login_quota = config
             .login_failure_quota()
             .expect("auth limits are validated at load");
@@ -174,6 +221,11 @@ impl Home {
             .expect("auth limits are validated at load");
         Home {
             auth: AuthState::new(),
+            ledger: Ledger::new(),
+            idempotency: idempotency::Store::new(
+                money.idempotency_retention_seconds.saturating_mul(1000),
+                money.idempotency_keys_max,
+            ),
             login_failures: Limiter::new(login_quota, config.rate_limit_entries_max),
             user_requests: Limiter::new(user_quota, config.rate_limit_entries_max),
         }
@@ -291,6 +343,42 @@ impl Home {
                     Err(_) => UserReply::Refused(HomeError::InvalidRefreshToken),
                 }
             }
+            UserCommand::IdempotencyBegin {
+                scope,
+                key,
+                fingerprint,
+                now_ms,
+            } => UserReply::Idempotency(self.idempotency.begin(&scope, &key, fingerprint, now_ms)),
+            UserCommand::IdempotencyComplete {
+                scope,
+                key,
+                status,
+                body,
+            } => {
+                self.idempotency.complete(&scope, &key, status, body);
+                UserReply::Done
+            }
+            UserCommand::Deposit {
+                id,
+                user,
+                amount,
+                currency,
+            } => {
+                if self.auth.user(&user).is_none() {
+                    return UserReply::Refused(HomeError::UserNotFound);
+                }
+                let command = ledger::Command::Deposit {
+                    id,
+                    user,
+                    amount,
+                    currency,
+                };
+                match self.ledger.execute(&command) {
+                    Ok(_) => UserReply::Done,
+                    Err(LedgerError::IdTaken) => UserReply::Refused(HomeError::IdCollision),
+                    Err(error) => UserReply::Refused(HomeError::Ledger(error)),
+                }
+            }
             UserCommand::Authenticated {
                 user,
                 session,
@@ -338,6 +426,7 @@ impl Home {
                 let _ = self.auth.execute(&Command::RevokeAllSessions { user });
                 UserReply::Done
             }
+            UserAction::Balances => UserReply::Balances(self.ledger.balances_of(&user)),
         }
     }
 }
@@ -355,7 +444,7 @@ mod tests {
             user_request_burst: 2,
             ..AuthConfig::default()
         };
-        Home::new(&config)
+        Home::new(&config, &MoneyConfig::default())
     }
 
     fn signup(home: &mut Home, name: &str) -> UserId {

@@ -33,7 +33,12 @@ impl Slot {
 
     /// The slot of a case-folded username.
     pub fn of_username(folded: &str) -> Slot {
-        Slot((crc16_xmodem(folded.as_bytes()) as u32 % SLOT_COUNT) as u16)
+        Slot::of_bytes(folded.as_bytes())
+    }
+
+    /// The slot of any key (e.g. an admin idempotency key).
+    pub fn of_bytes(key: &[u8]) -> Slot {
+        Slot((crc16_xmodem(key) as u32 % SLOT_COUNT) as u16)
     }
 
     /// The shard (of `shards`) that owns this slot.

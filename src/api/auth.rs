@@ -85,6 +85,8 @@ pub struct Answer {
     pub body: Vec<u8>,
     /// The user's home shard, for `X-Shard`.
     pub home: usize,
+    /// A stored answer sent again for an idempotency key (`Idempotent-Replayed: true`).
+    pub replayed: bool,
 }
 
 /// An error and the shard that decided it (the home shard when one was reached).
@@ -118,6 +120,8 @@ pub enum AuthRoute {
     RevokeAll,
     /// `GET /v1/me`
     Me,
+    /// `GET /v1/balances`
+    Balances,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +186,7 @@ pub async fn handle(
         }
         AuthRoute::RevokeAll => authenticated(auth, shard, authorization, UserAction::RevokeAll).await,
         AuthRoute::Me => authenticated(auth, shard, authorization, UserAction::Me).await,
+        AuthRoute::Balances => authenticated(auth, shard, authorization, UserAction::Balances).await,
     }
 }
 
@@ -235,6 +240,7 @@ async fn signup(auth: &Auth, shard: &Shard, body: &[u8]) -> Result<Answer, Failu
                     status: 201,
                     body: user_body(&user),
                     home,
+                    replayed: false,
                 })
             }
             UserReply::Refused(HomeError::IdCollision) => continue,
@@ -356,6 +362,7 @@ async fn issue_tokens(
                     status: 201,
                     body: session_body(auth, &user, &session, &refresh_token, now)?,
                     home,
+                    replayed: false,
                 })
             }
             UserReply::Refused(HomeError::IdCollision) => continue,
@@ -388,16 +395,25 @@ async fn authenticated(
             status: 200,
             body: user_body(&user),
             home,
+            replayed: false,
         }),
         UserReply::Sessions(sessions) => Ok(Answer {
             status: 200,
             body: sessions_body(&sessions, &claims.sid),
             home,
+            replayed: false,
+        }),
+        UserReply::Balances(balances) => Ok(Answer {
+            status: 200,
+            body: super::money::balances_body(&balances),
+            home,
+            replayed: false,
         }),
         UserReply::Done => Ok(Answer {
             status: 204,
             body: Vec::new(),
             home,
+            replayed: false,
         }),
         UserReply::Refused(error) => Err(refused(error, home)),
         other => Err(unexpected(&other)),
@@ -512,7 +528,7 @@ fn sessions_body(sessions: &[SessionView], current: &str) -> Vec<u8> {
     serde_json::to_vec(&SessionListBody { data }).expect("plain structs serialize")
 }
 
-fn refused_error(error: HomeError) -> ApiError {
+pub(super) fn refused_error(error: HomeError) -> ApiError {
     match error {
         HomeError::UsernameTaken => ApiError::new(
             409,
@@ -537,6 +553,49 @@ fn refused_error(error: HomeError) -> ApiError {
         )
         .retry_after(retry_after_seconds),
         HomeError::IdCollision => internal("an id collided"),
+        HomeError::UserNotFound => ApiError::new(
+            404,
+            ErrorType::InvalidRequestError,
+            "user_not_found",
+            "No such user.",
+        ),
+        HomeError::Ledger(error) => ledger_error(error),
+    }
+}
+
+/// The contract's status and code for a ledger refusal.
+fn ledger_error(error: crate::payments::ledger::LedgerError) -> ApiError {
+    use crate::payments::ledger::LedgerError;
+    let invalid = |status, code, message: &'static str| {
+        ApiError::new(status, ErrorType::InvalidRequestError, code, message)
+    };
+    match error {
+        LedgerError::InvalidAmount => invalid(
+            422,
+            "invalid_amount",
+            "amount is an integer number of minor units from 1 to 10^15.",
+        )
+        .with_param("amount"),
+        LedgerError::InsufficientFunds => invalid(422, "insufficient_funds", "The balance is too low."),
+        LedgerError::SelfPayment => invalid(422, "self_payment", "A payment needs two different users."),
+        LedgerError::DescriptionTooLong => invalid(
+            422,
+            "invalid_description",
+            "description is at most 200 characters.",
+        )
+        .with_param("description"),
+        LedgerError::PaymentNotFound | LedgerError::NotThePayee => {
+            invalid(404, "payment_not_found", "No such payment.")
+        }
+        LedgerError::RefundExceedsPayment => invalid(
+            422,
+            "refund_exceeds_payment",
+            "The refund exceeds what is left of the payment.",
+        ),
+        LedgerError::BalanceOverflow => {
+            invalid(422, "balance_overflow", "The balance would exceed its maximum.")
+        }
+        LedgerError::IdTaken => internal("an id collided"),
     }
 }
 
@@ -578,25 +637,25 @@ fn internal(message: impl Into<String>) -> ApiError {
     ApiError::new(500, ErrorType::ApiError, "internal_error", message)
 }
 
-fn unexpected(reply: &UserReply) -> Failure {
+pub(super) fn unexpected(reply: &UserReply) -> Failure {
     internal(format!("unexpected reply from the home shard: {reply:?}")).into()
 }
 
-fn mesh_failure(error: crate::shard::mesh::MeshError) -> Failure {
+pub(super) fn mesh_failure(error: crate::shard::mesh::MeshError) -> Failure {
     ApiError::unavailable("shard_unavailable", error.to_string()).into()
 }
 
-fn random<const N: usize>() -> Result<[u8; N], ApiError> {
+pub(super) fn random<const N: usize>() -> Result<[u8; N], ApiError> {
     let mut bytes = [0u8; N];
     getrandom::getrandom(&mut bytes).map_err(|error| internal(format!("no randomness: {error}")))?;
     Ok(bytes)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

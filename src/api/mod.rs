@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod error;
 pub mod json;
+pub mod money;
 mod ops;
 pub mod router;
 
@@ -47,6 +48,10 @@ pub enum Route {
     RevokeAllSessions,
     /// `GET /v1/me`
     Me,
+    /// `POST /v1/deposits`
+    Deposit,
+    /// `GET /v1/balances`
+    Balances,
     /// No route matched (404 / 405).
     Unmatched,
     /// Refused by the codec before routing.
@@ -68,6 +73,8 @@ pub const ROUTE_NAMES: &[&str] = &[
     "DELETE /v1/sessions/current",
     "DELETE /v1/sessions",
     "GET /v1/me",
+    "POST /v1/deposits",
+    "GET /v1/balances",
     "unmatched",
     "rejected",
 ];
@@ -80,6 +87,7 @@ pub struct Api {
     shard: Rc<Shard>,
     router: Router<Route>,
     auth: auth::Auth,
+    money: money::Money,
     /// Random per process and shard, so generated request ids differ across restarts.
     request_id_prefix: u64,
     request_counter: Cell<u64>,
@@ -105,12 +113,15 @@ impl Api {
             .add(Get, "/v1/sessions", Route::ListSessions)
             .add(Delete, "/v1/sessions/current", Route::RevokeCurrentSession)
             .add(Delete, "/v1/sessions", Route::RevokeAllSessions)
-            .add(Get, "/v1/me", Route::Me);
+            .add(Get, "/v1/me", Route::Me)
+            .add(Post, "/v1/deposits", Route::Deposit)
+            .add(Get, "/v1/balances", Route::Balances);
         let request_id_prefix = boot_entropy() ^ (shard.id() as u64).rotate_left(48);
         Api {
             shard,
             router,
             auth: auth::Auth::new(&config.auth),
+            money: money::Money::new(&config.money),
             request_id_prefix,
             request_counter: Cell::new(0),
             scratch: RefCell::new(Vec::with_capacity(1024)),
@@ -227,27 +238,46 @@ impl Handler for Api {
             | Route::ListSessions
             | Route::RevokeCurrentSession
             | Route::RevokeAllSessions
-            | Route::Me => {
+            | Route::Me
+            | Route::Deposit
+            | Route::Balances => {
                 let mut id_buffer = [0u8; 32];
                 let request_id = self.request_id(request.header("x-request-id"), &mut id_buffer);
                 let auth_route = match route {
-                    Route::Signup => auth::AuthRoute::Signup,
-                    Route::Login => auth::AuthRoute::Login,
-                    Route::RefreshSession => auth::AuthRoute::Refresh,
-                    Route::ListSessions => auth::AuthRoute::ListSessions,
-                    Route::RevokeCurrentSession => auth::AuthRoute::RevokeCurrent,
-                    Route::RevokeAllSessions => auth::AuthRoute::RevokeAll,
-                    _ => auth::AuthRoute::Me,
+                    Route::Signup => Some(auth::AuthRoute::Signup),
+                    Route::Login => Some(auth::AuthRoute::Login),
+                    Route::RefreshSession => Some(auth::AuthRoute::Refresh),
+                    Route::ListSessions => Some(auth::AuthRoute::ListSessions),
+                    Route::RevokeCurrentSession => Some(auth::AuthRoute::RevokeCurrent),
+                    Route::RevokeAllSessions => Some(auth::AuthRoute::RevokeAll),
+                    Route::Me => Some(auth::AuthRoute::Me),
+                    Route::Balances => Some(auth::AuthRoute::Balances),
+                    _ => None,
                 };
-                let outcome = auth::handle(
-                    &self.auth,
-                    &self.shard,
-                    auth_route,
-                    request.body,
-                    request.header("authorization"),
-                    request.peer,
-                )
-                .await;
+                let outcome = match auth_route {
+                    Some(auth_route) => {
+                        auth::handle(
+                            &self.auth,
+                            &self.shard,
+                            auth_route,
+                            request.body,
+                            request.header("authorization"),
+                            request.peer,
+                        )
+                        .await
+                    }
+                    None => {
+                        money::deposit(
+                            &self.money,
+                            &self.shard,
+                            request.body,
+                            request.header("authorization"),
+                            request.header("idempotency-key"),
+                            request_id,
+                        )
+                        .await
+                    }
+                };
                 match outcome {
                     Ok(answer) => {
                         let content_type = if answer.body.is_empty() {
@@ -256,14 +286,20 @@ impl Handler for Api {
                             "application/json"
                         };
                         // Tokens and account data must not be stored by caches (RFC 6749 §5.1).
-                        let no_store: [(&str, &[u8]); 1] = [("Cache-Control", b"no-store")];
+                        let no_store: [(&str, &[u8]); 2] =
+                            [("Cache-Control", b"no-store"), ("Idempotent-Replayed", b"true")];
+                        let extra = if answer.replayed {
+                            &no_store[..]
+                        } else {
+                            &no_store[..1]
+                        };
                         self.send(
                             response,
                             request_id,
                             answer.home,
                             answer.status,
                             content_type,
-                            &no_store,
+                            extra,
                             &answer.body,
                         )
                     }

@@ -322,7 +322,7 @@ impl Launch {
                     metrics: metrics.clone(),
                     connections: connections.clone(),
                     info,
-                    home: RefCell::new(Home::new(&config.auth)),
+                    home: RefCell::new(Home::new(&config.auth, &config.money)),
                     mesh,
                 });
                 for (peer, receiver) in receivers {
