@@ -17,20 +17,37 @@
 # and the min-max of CPU-us/request; ratios are taken within a round and test
 # and reported as median [min-max] over rounds.
 #
+# The test "balances" is an authenticated read, GET /v1/balances with
+# "Authorization: Bearer <access token>", run against shardpay only (the peers
+# have no such route; their rows are simply absent). Before its warm-up, each
+# run signs up a user (POST /v1/users), logs in (POST /v1/sessions) and
+# deposits to it with the admin key (POST /v1/deposits), so the read returns a
+# non-empty list; config/bench.toml raises the per-user request limit so that
+# one user is not throttled. Its ratio to shardpay's own json run of the same
+# round ("shardpay balances / shardpay json") is in the ratio table.
+#
+# Every response must be 2xx (or 3xx): wrk's "Non-2xx or 3xx responses" count
+# of the measured run goes into the "wrk errors" column, and any such response
+# (warm-up included) is flagged in the tables and makes the script exit 1 once
+# the report is written.
+#
 # Usage: scripts/bench.sh [--rounds N] [--duration S] [--targets LIST]
 #                         [--tests LIST] [--connections N] [--name NAME]
 #                         [--no-build]
 #   --rounds N        rounds of the whole matrix (default 3)
 #   --duration S      seconds per measured run (default 10)
 #   --targets LIST    comma list of shardpay,bare-glommio,actix (default all)
-#   --tests LIST      comma list of plaintext,json,pipelined (default all)
+#   --tests LIST      comma list of plaintext,json,pipelined,balances
+#                     (default plaintext,json,pipelined; balances: shardpay only)
 #   --connections N   wrk connections (default 64)
 #   --name NAME       results name (default server-core)
 #   --no-build        do not run cargo build
 #
 # Time: every wrk run has a fixed duration, so a run takes rounds x targets x
 # tests x (S + 2 s warm-up) plus about 1 s per run for server start and stop:
-# the default (3 x 3 x 3 x 12 s = 324 s) takes about 6 minutes.
+# the default (3 x 3 x 3 x 12 s = 324 s) takes about 6 minutes. balances adds
+# one run per round (shardpay only) and about 1 s of set-up per run (one
+# argon2 signup and one login).
 #
 # Results: bench/results/<YYYY-MM-DD>-<NAME>.json (summary array: one entry
 #              per target and test, with medians, "rounds" and "runs"),
@@ -112,10 +129,32 @@ for t in "${TARGET_LIST[@]}"; do
     case "$t" in shardpay|bare-glommio|actix) ;; *) die "unknown target '$t' (shardpay, bare-glommio, actix)" ;; esac
 done
 for t in "${TEST_LIST[@]}"; do
-    case "$t" in plaintext|json|pipelined) ;; *) die "unknown test '$t' (plaintext, json, pipelined)" ;; esac
+    case "$t" in plaintext|json|pipelined|balances) ;; *) die "unknown test '$t' (plaintext, json, pipelined, balances)" ;; esac
 done
 [[ $(printf '%s\n' "${TARGET_LIST[@]}" | sort | uniq -d) == "" ]] || die "--targets has duplicates"
 [[ $(printf '%s\n' "${TEST_LIST[@]}" | sort | uniq -d) == "" ]] || die "--tests has duplicates"
+
+# Whether TARGET serves TEST: balances (an authenticated shardpay route) runs
+# against shardpay only; every other test runs against every target.
+test_applies() {
+    [[ "$2" != balances || "$1" == shardpay ]]
+}
+
+# Runs per round (checked here, before any results file is touched).
+RUNS_PER_ROUND=0
+for test in "${TEST_LIST[@]}"; do
+    for target in "${TARGET_LIST[@]}"; do
+        if test_applies "$target" "$test"; then RUNS_PER_ROUND=$((RUNS_PER_ROUND + 1)); fi
+    done
+done
+((RUNS_PER_ROUND > 0)) || die "no test applies to the targets (balances runs against shardpay only)"
+for test in "${TEST_LIST[@]}"; do
+    applies=0
+    for target in "${TARGET_LIST[@]}"; do
+        if test_applies "$target" "$test"; then applies=1; fi
+    done
+    ((applies)) || echo ">> note: $test runs against shardpay only, which is not among the targets: skipped" >&2
+done
 
 for tool in wrk taskset curl python3 getconf timeout; do
     command -v "$tool" >/dev/null || die "'$tool' not found (wrk: apt-get install -y wrk)"
@@ -127,6 +166,14 @@ CLK_TCK="$(getconf CLK_TCK)"
 declare -A PORT=([shardpay]=8080 [bare-glommio]=8081 [actix]=8082)
 declare -A READY_PATH=([shardpay]=/readyz [bare-glommio]=/plaintext [actix]=/plaintext)
 declare -A PACKAGE=([shardpay]=shardpay [bare-glommio]=peer-bare-glommio [actix]=peer-actix)
+
+# The balances test's set-up on a fresh shardpay server.
+BENCH_USERNAME="bench"
+BENCH_PASSWORD="benchmark-password-1"
+BENCH_ADMIN_KEY="dev-admin-key-not-for-production" # config/bench.toml keeps the dev key
+BENCH_DEPOSIT_MINOR=100000
+BENCH_CURRENCY="USD"
+ACCESS_TOKEN="" # set by balances_setup, used by run_wrk for balances
 
 # Sets CMD to the command line of a target.
 target_command() {
@@ -251,22 +298,103 @@ server_response_count() {
     echo ""
 }
 
+# http_call LOG EXPECTED_STATUS METHOD URL BODY [HEADER...]: one curl request;
+# prints the response body, dies unless the status is EXPECTED_STATUS. The
+# exchange (status and body) is appended to LOG.
+http_call() {
+    local log="$1" expected="$2" method="$3" url="$4" body="$5"
+    shift 5
+    local -a headers=(-H "Content-Type: application/json")
+    local h
+    for h in "$@"; do headers+=(-H "$h"); done
+    local tmp status
+    tmp="$(mktemp)"
+    status="$(curl -sS --max-time 30 -o "$tmp" -w '%{http_code}' -X "$method" \
+        "${headers[@]}" --data-binary "$body" "$url")" || {
+        rm -f "$tmp"
+        die "set-up: $method $url failed (curl)"
+    }
+    local response
+    response="$(<"$tmp")"
+    rm -f "$tmp"
+    printf '%s %s -> %s %s\n' "$method" "$url" "$status" "$response" >>"$log"
+    [[ "$status" == "$expected" ]] ||
+        die "set-up: $method $url answered $status, expected $expected: $response"
+    printf '%s' "$response"
+}
+
+# json_field FIELD: the string field FIELD of the JSON object on stdin.
+json_field() {
+    python3 -c 'import json, sys
+v = json.load(sys.stdin).get(sys.argv[1])
+if not isinstance(v, str) or not v:
+    sys.exit("no string field " + sys.argv[1])
+print(v)' "$1"
+}
+
+# balances_setup LOG: on the fresh shardpay server, sign up the benchmark
+# user, log in (sets ACCESS_TOKEN) and deposit to it, then check that the
+# balance read answers 200 with a non-empty list. LOG gets the exchanges
+# (tokens redacted).
+balances_setup() {
+    local log="$1" url="http://127.0.0.1:${PORT[shardpay]}" response user_id
+    local creds
+    creds="$(printf '{"username":"%s","password":"%s"}' "$BENCH_USERNAME" "$BENCH_PASSWORD")"
+    : >"$log.tmp"
+    response="$(http_call "$log.tmp" 201 POST "$url/v1/users" "$creds")"
+    user_id="$(json_field id <<<"$response")" || die "set-up: no user id in the signup answer: $response"
+    response="$(http_call "$log.tmp" 201 POST "$url/v1/sessions" "$creds")"
+    ACCESS_TOKEN="$(json_field access_token <<<"$response")" ||
+        die "set-up: no access_token in the login answer"
+    response="$(http_call "$log.tmp" 201 POST "$url/v1/deposits" \
+        "$(printf '{"user_id":"%s","amount":%d,"currency":"%s"}' "$user_id" "$BENCH_DEPOSIT_MINOR" "$BENCH_CURRENCY")" \
+        "Authorization: Bearer $BENCH_ADMIN_KEY" "Idempotency-Key: bench-1")"
+    local status
+    status="$(curl -sS --max-time 5 -o "$log.body" -w '%{http_code}' \
+        -H "Authorization: Bearer $ACCESS_TOKEN" "$url/v1/balances")" ||
+        die "set-up: GET /v1/balances failed (curl)"
+    printf 'GET %s/v1/balances -> %s %s\n' "$url" "$status" "$(<"$log.body")" >>"$log.tmp"
+    [[ "$status" == 200 ]] || die "set-up: GET /v1/balances answered $status: $(<"$log.body")"
+    python3 -c 'import json, sys
+d = json.load(open(sys.argv[1])).get("data")
+sys.exit(0 if isinstance(d, list) and d else "empty balance list")' "$log.body" ||
+        die "set-up: GET /v1/balances returned no balance: $(<"$log.body")"
+    rm -f "$log.body"
+    # Tokens are short-lived and the server is thrown away, but keep them out
+    # of the results anyway.
+    python3 -c 'import re, sys
+t = open(sys.argv[1]).read()
+t = re.sub(r"(\"(?:access_token|refresh_token)\":\")[^\"]*", r"\1<redacted>", t)
+open(sys.argv[2], "w").write(t)' "$log.tmp" "$log"
+    rm -f "$log.tmp"
+}
+
 # run_wrk TARGET TEST SECONDS OUTFILE
 run_wrk() {
     local target="$1" test="$2" seconds="$3" out="$4" path
     local url="http://127.0.0.1:${PORT[$target]}"
-    local -a script=()
+    local -a script=() header=() shown_header=()
     case "$test" in
         plaintext) path=/plaintext ;;
         json) path=/json ;;
         pipelined) path=/plaintext; script=(-s bench/wrk/pipeline.lua) ;;
+        balances)
+            [[ -n "$ACCESS_TOKEN" ]] || die "balances: no access token (set-up not run)"
+            path=/v1/balances
+            header=(-H "Authorization: Bearer $ACCESS_TOKEN")
+            shown_header=(-H "'Authorization: Bearer <access token>'") ;;
     esac
     local -a cmd=(taskset -c "$WRK_CPU" wrk -t1 "-c$CONNECTIONS" "-d${seconds}s" --latency
-        "${script[@]+"${script[@]}"}" "$url$path")
+        "${header[@]+"${header[@]}"}" "${script[@]+"${script[@]}"}" "$url$path")
     if [[ "$test" == pipelined ]]; then
         cmd+=(-- "$PIPELINE_DEPTH")
     fi
-    echo "\$ ${cmd[*]}" >"$out"
+    local -a shown=(taskset -c "$WRK_CPU" wrk -t1 "-c$CONNECTIONS" "-d${seconds}s" --latency
+        "${shown_header[@]+"${shown_header[@]}"}" "${script[@]+"${script[@]}"}" "$url$path")
+    if [[ "$test" == pipelined ]]; then
+        shown+=(-- "$PIPELINE_DEPTH")
+    fi
+    echo "\$ ${shown[*]}" >"$out"
     timeout --kill-after=5 $((seconds + 30)) "${cmd[@]}" >>"$out" 2>&1 ||
         die "wrk failed for $target/$test (see $out)"
 }
@@ -298,7 +426,7 @@ RUNS_JSONL="$RAW_DIR/runs.jsonl"
 : >"$RUNS_JSONL"
 
 N_TARGETS=${#TARGET_LIST[@]}
-TOTAL_RUNS=$((ROUNDS * N_TARGETS * ${#TEST_LIST[@]}))
+TOTAL_RUNS=$((ROUNDS * RUNS_PER_ROUND))
 ESTIMATE_S=$((TOTAL_RUNS * (DURATION + WARMUP_S + 1)))
 echo ">> $ROUNDS round(s), $TOTAL_RUNS runs of ${WARMUP_S}s warm-up + ${DURATION}s:" \
     "about $(((ESTIMATE_S + 59) / 60)) min" >&2
@@ -312,6 +440,12 @@ measure_run() {
     local tag="[$seq/$TOTAL_RUNS] round $round: $target / $test"
     mkdir -p "$dir"
     start_server "$target" "$log"
+
+    ACCESS_TOKEN=""
+    if [[ "$test" == balances ]]; then
+        echo ">> $tag: set-up (signup, login, deposit)" >&2
+        balances_setup "$dir/$target-$test.setup.txt"
+    fi
 
     echo ">> $tag: warm-up ${WARMUP_S}s" >&2
     run_wrk "$target" "$test" "$WARMUP_S" "$dir/$target-$test.warmup.txt"
@@ -335,11 +469,12 @@ measure_run() {
 
     python3 - "$out" "$target" "$test" "$CONNECTIONS" "$DURATION" \
         "$ticks_before" "$ticks_after" "$CLK_TCK" "$count_before" "$count_after" \
-        "$core_before" "$core_after" "$round" "$seq" \
+        "$core_before" "$core_after" "$round" "$seq" "$dir/$target-$test.warmup.txt" \
         >>"$RUNS_JSONL" <<'PY'
 import json, re, sys
 
-out, target, test, conns, duration, t0, t1, clk, c0, c1, k0, k1, rnd, seq = sys.argv[1:]
+(out, target, test, conns, duration, t0, t1, clk, c0, c1, k0, k1, rnd, seq,
+ warmup_out) = sys.argv[1:]
 (u0, s0), (u1, s1) = ([int(x) for x in t.split()] for t in (t0, t1))
 clk = int(clk)
 text = open(out).read()
@@ -371,13 +506,16 @@ requests = int(need(r"^\s*(\d+) requests in ")[1])
 rps = float(need(r"^Requests/sec:\s+([\d.]+)")[1])
 user_s, sys_s = (u1 - u0) / clk, (s1 - s0) / clk
 cpu_s = user_s + sys_s
+NON_2XX = r"Non-2xx or 3xx responses: (\d+)"  # wrk prints it only when non-zero
 errors = 0
 m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
 if m:
     errors += sum(int(x) for x in m.groups())
-m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-if m:
-    errors += int(m.group(1))
+m = re.search(NON_2XX, text)
+non_2xx = int(m.group(1)) if m else 0
+errors += non_2xx
+m = re.search(NON_2XX, open(warmup_out).read())
+warmup_non_2xx = int(m.group(1)) if m else 0
 print(json.dumps({
     "round": int(rnd),
     "seq": int(seq),  # position in the whole run, 1-based
@@ -393,7 +531,9 @@ print(json.dumps({
     "server_user_us_per_request": round(user_s * 1e6 / requests, 3) if requests else None,
     "server_sys_us_per_request": round(sys_s * 1e6 / requests, 3) if requests else None,
     "server_cpu_s": round(cpu_s, 3),
-    "errors": errors,
+    "errors": errors,  # socket errors + non-2xx/3xx responses, measured run
+    "non_2xx": non_2xx,  # responses neither 2xx nor 3xx, measured run
+    "warmup_non_2xx": warmup_non_2xx,  # the same, warm-up run
     # Busy time of the server's core not spent in the server (other load).
     "other_cpu_s": round(max(0.0, (int(k1) - int(k0)) / clk - cpu_s), 3),
     # bare-glommio only: responses the server wrote during the measured run.
@@ -416,6 +556,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     echo ">> round $round/$ROUNDS: target order ${order[*]}" >&2
     for test in "${TEST_LIST[@]}"; do
         for target in "${order[@]}"; do
+            test_applies "$target" "$test" || continue # no such route: no row
             seq_no=$((seq_no + 1))
             measure_run "$round" "$seq_no" "$target" "$test"
         done
@@ -501,6 +642,13 @@ L.append(f"Rounds: {rounds}. Each round runs every (test, target) pair once: for
          + "), so that a drift in machine speed hits every target alike. Every run starts a "
          "fresh server and stops it after the measured run. Figures below are medians over "
          "rounds (user and sys each on its own), with the min–max of server CPU µs/req.")
+if "balances" in tests:
+    L.append("")
+    L.append("balances = `GET /v1/balances` with `Authorization: Bearer <access token>` (an "
+             "authenticated read of a user with one USD balance), against shardpay only (the "
+             "peers have no such route). Before its warm-up each run signs the user up, logs "
+             "in and deposits with the admin key (not measured); config/bench.toml raises "
+             "the per-user request limit so that the one user is not throttled.")
 L.append("")
 L.append(f"Machine: {env}. Git: {rev}.")
 L.append(f"Server on CPU {scpu}, `taskset -c {wcpu} wrk -t1` on CPU {wcpu}; "
@@ -512,6 +660,16 @@ L.append("| target | test | conns | duration (s) | rounds | requests/s | p50 (ms
          f"| other load on CPU {scpu} (max) | wrk errors (all runs) |")
 L.append("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 any_disturbed = False
+
+def bad_responses(r):
+    # Responses neither 2xx nor 3xx, measured and warm-up (older runs.jsonl lack the keys).
+    return r.get("non_2xx", 0) + r.get("warmup_non_2xx", 0)
+
+def errors_cell(rs):
+    cell = str(sum(r["errors"] for r in rs))
+    return cell + " ⚠³" if any(bad_responses(r) for r in rs) else cell
+
+broken = [r for r in runs if bad_responses(r)]
 for s in summary:
     rs = s["runs"]
     cpu = [r["server_cpu_us_per_request"] for r in rs if r["server_cpu_us_per_request"] is not None]
@@ -528,7 +686,7 @@ for s in summary:
              f"| {fmt(median(r['server_user_us_per_request'] for r in rs), '.3f')} "
              f"| {fmt(median(r['server_sys_us_per_request'] for r in rs), '.3f')} "
              f"| {median(busy_frac(r) * 100 for r in rs):.0f}% "
-             f"| {other_max * 100:.0f}%{flag} | {sum(r['errors'] for r in rs)} |")
+             f"| {other_max * 100:.0f}%{flag} | {errors_cell(rs)} |")
 L.append("")
 L.append("Server CPU = utime + stime of the server process (all threads) over the measured "
          "run, from /proc/PID/stat, split into user and sys (kernel: syscalls and, on "
@@ -548,6 +706,11 @@ if any_disturbed:
     L.append("")
     L.append(f"² At least one run of this pair had other load above {OTHER_LIMIT:.0%} on the "
              "server's core (see the warning below).")
+if broken:
+    L.append("")
+    L.append("³ **Errors**: at least one run of this pair got responses that were neither 2xx "
+             "nor 3xx (wrk's \"Non-2xx or 3xx responses\"), so it measured something other "
+             "than the intended request; its figures are not valid. See the error list below.")
 
 run_at = {(r["target"], r["test"], r["round"]): r for r in runs}
 ratio_lines = []
@@ -569,6 +732,29 @@ for num, den in [("shardpay", "bare-glommio"), ("shardpay", "actix"), ("actix", 
             cell = "n/a"
         each = ", ".join(f"{fmt(v, '.2f')}" for _, v in per_round)
         ratio_lines.append(f"| {num} / {den} | {t} | {cell} | {each} |")
+
+def ratio_line(label, test_label, num, den):
+    """A ratio of two (target, test) pairs, each round's runs against each other."""
+    per_round = []
+    for k in range(1, rounds + 1):
+        a, b = run_at.get(num + (k,)), run_at.get(den + (k,))
+        if not a or not b:
+            continue
+        x, y = a["server_cpu_us_per_request"], b["server_cpu_us_per_request"]
+        per_round.append(x / y if x and y else None)
+    if not per_round:
+        return None
+    vals = [v for v in per_round if v is not None]
+    cell = f"{statistics.median(vals):.2f} [{min(vals):.2f}–{max(vals):.2f}]" if vals else "n/a"
+    each = ", ".join(fmt(v, ".2f") for v in per_round)
+    return f"| {label} | {test_label} | {cell} | {each} |"
+
+# The auth/payments figure: an authenticated balance read against a /json request, both on
+# shardpay in the same round (the issue's bound: at most 2x).
+line = ratio_line("shardpay balances / shardpay json", "balances ÷ json",
+                  ("shardpay", "balances"), ("shardpay", "json"))
+if line:
+    ratio_lines.append(line)
 L.append("")
 L.append("Server CPU-µs per request, ratios, each taken within one round and test "
          "(both runs in the same round), median [min–max] over rounds:")
@@ -578,7 +764,8 @@ if ratio_lines:
     L.append("|---|---|--:|--:|")
     L.extend(ratio_lines)
 else:
-    L.append("(none: needs shardpay, bare-glommio or actix together)")
+    L.append("(none: needs two of shardpay, bare-glommio and actix together, or shardpay's "
+             "balances and json tests together)")
 
 checks = [r for r in runs if r["server_responses"] is not None]
 if checks:
@@ -592,6 +779,14 @@ if checks:
         d = r["server_responses"] - r["requests"]
         L.append(f"- round {r['round']}, {r['target']} / {r['test']}: server "
                  f"{r['server_responses']}, wrk {r['requests']}, difference {d:+d}")
+
+if broken:
+    L.append("")
+    L.append("**Errors**: responses neither 2xx nor 3xx during: "
+             + ", ".join(f"round {r['round']} {r['target']}/{r['test']} "
+                         f"(measured {r.get('non_2xx', 0)}, warm-up {r.get('warmup_non_2xx', 0)})"
+                         for r in broken)
+             + ". The benchmark is broken: see the raw wrk outputs and server logs.")
 
 disturbed = [r for r in runs if other_frac(r) > OTHER_LIMIT]
 if disturbed:
@@ -612,7 +807,8 @@ for r in runs:
              f"| {r['requests_per_sec']:.0f} | {fmt(r['server_cpu_us_per_request'], '.3f')} "
              f"| {fmt(r['server_user_us_per_request'], '.3f')} "
              f"| {fmt(r['server_sys_us_per_request'], '.3f')} "
-             f"| {busy_frac(r):.0%} | {other_frac(r):.0%} | {r['errors']} |")
+             f"| {busy_frac(r):.0%} | {other_frac(r):.0%} "
+             f"| {r['errors']}{' ⚠³' if bad_responses(r) else ''} |")
 
 text = "\n".join(L) + "\n"
 with open(md_path, "w") as f:
@@ -620,3 +816,15 @@ with open(md_path, "w") as f:
 print(text)
 print(f"Results: {json_path}, {md_path}, raw outputs in {raw}/")
 PY
+
+# A broken benchmark is loud: any response that was neither 2xx nor 3xx, in a
+# measured or a warm-up run, fails the script (the report is written first).
+BAD_RUNS="$(python3 -c 'import json, sys
+print(sum(1 for l in open(sys.argv[1]) if l.strip()
+          and json.loads(l).get("non_2xx", 0) + json.loads(l).get("warmup_non_2xx", 0) > 0))' \
+    "$RUNS_JSONL")"
+if ((BAD_RUNS > 0)); then
+    echo "bench.sh: $BAD_RUNS run(s) got non-2xx/3xx responses: the benchmark is broken" \
+        "(see $BASE.md)" >&2
+    exit 1
+fi
