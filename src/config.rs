@@ -274,7 +274,10 @@ impl MoneyConfig {
     fn validate(&self, dev_keys_allowed: bool) -> Result<(), ConfigError> {
         self.currency_list()?;
         if self.admin_api_key.len() < 16 || self.admin_api_key.len() > 256 {
-            return Err(error("money.admin_api_key", "must be 16 to 256 characters"));
+            return Err(error(
+                "money.admin_api_key",
+                "must be 16 to 256 characters (e.g. from the environment: SHARDPAY_MONEY_ADMIN_API_KEY)",
+            ));
         }
         if !self.admin_api_key.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
             return Err(error(
@@ -487,6 +490,12 @@ impl AuthConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.issuer.is_empty() || self.issuer.len() > 256 {
             return Err(error("auth.issuer", "must be 1 to 256 characters"));
+        }
+        if self.jwt_keys.trim().is_empty() {
+            return Err(error(
+                "auth.jwt_keys",
+                "no keys (e.g. from the environment: SHARDPAY_AUTH_JWT_KEYS=kid:secret and SHARDPAY_AUTH_JWT_SIGNING_KID=kid)",
+            ));
         }
         self.key_set()?;
         if !self.dev_keys_allowed && self.jwt_keys.contains(DEV_JWT_SECRET) {
@@ -914,7 +923,25 @@ mod shipped_files {
     #[test]
     fn other_shipped_files_load() {
         load_file("bench.toml");
-        let production = load_file("production.example.toml");
+        // The production example holds no secrets: it refuses to start until they are set...
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.toml");
+        let err = Config::load(Some(&path), Vec::new(), &Overrides::default()).unwrap_err();
+        assert_eq!(err.key, "auth.jwt_keys");
+        // ...from the environment.
+        let secrets = [
+            (
+                "SHARDPAY_AUTH_JWT_KEYS",
+                "k1:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0",
+            ),
+            ("SHARDPAY_AUTH_JWT_SIGNING_KID", "k1"),
+            ("SHARDPAY_MONEY_ADMIN_API_KEY", "a-long-random-admin-key"),
+        ];
+        let environment = secrets
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>();
+        let production = Config::load(Some(&path), environment, &Overrides::default()).unwrap();
         assert_eq!(production.log.format, LogFormat::Json);
+        assert!(!production.auth.dev_keys_allowed);
     }
 }
