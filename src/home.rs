@@ -6,11 +6,14 @@
 //! session stops working at once on every route. No I/O and no clock reads: time comes with each
 //! command. Shard-local.
 
+use std::collections::HashMap;
+
 use crate::auth::state::{AuthError, AuthState, Command, Event, RevokeReason, TokenHash};
 use crate::config::{AuthConfig, MoneyConfig};
 use crate::payments::idempotency::{self, Begin, Fingerprint, Scope};
-use crate::payments::ledger::{self, Currency, Ledger, LedgerError};
+use crate::payments::ledger::{self, Currency, Ledger, LedgerError, Payment, Transfer};
 use crate::ratelimit::Limiter;
+use crate::slots::Slot;
 use crate::slots::UserId;
 
 /// A user-scoped request to the user's home shard.
@@ -87,6 +90,54 @@ pub enum UserCommand {
         /// Body to replay, byte for byte.
         body: Vec<u8>,
     },
+    /// Find a user of this shard by user id or case-folded username.
+    ResolveUser {
+        /// `usr_…` or a username.
+        to: String,
+    },
+    /// Pay: debit the payer (and credit a local payee), storing `answer` for the payer's
+    /// idempotency `key` once the payment is complete.
+    Pay {
+        /// The payment.
+        payment: Payment,
+        /// The payer's idempotency key.
+        key: String,
+        /// The 201 body to store for the key.
+        answer: Vec<u8>,
+        /// Unix milliseconds.
+        now_ms: u64,
+    },
+    /// Refund by the payee, storing `answer` for the payee's idempotency `key` once complete.
+    Refund {
+        /// `ref_…`
+        refund: String,
+        /// The payment.
+        payment: String,
+        /// Who asks.
+        by: UserId,
+        /// Minor units (decided with `RefundAmount`).
+        amount: u64,
+        /// The payee's idempotency key.
+        key: String,
+        /// The 201 body to store for the key.
+        answer: Vec<u8>,
+        /// Unix milliseconds.
+        now_ms: u64,
+    },
+    /// Apply a credit from another shard (idempotent).
+    Receive(Transfer),
+    /// The receiving shard applied a transfer of this shard's outbox.
+    Settle {
+        /// The transfer's id.
+        transfer: String,
+    },
+    /// Outbox entries not acknowledged and not sent for `older_than_ms`: what to resend now.
+    OutboxDue {
+        /// Unix milliseconds.
+        now_ms: u64,
+        /// Minimum time since the last attempt.
+        older_than_ms: u64,
+    },
     /// Credit a user of this shard (the admin deposit).
     Deposit {
         /// `dep_…`
@@ -112,7 +163,7 @@ pub enum UserCommand {
 }
 
 /// What an authenticated request does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserAction {
     /// `GET /v1/me`
     Me,
@@ -124,6 +175,29 @@ pub enum UserAction {
     RevokeAll,
     /// `GET /v1/balances`
     Balances,
+    /// Claim an idempotency key of this user (before a payment or refund).
+    BeginIdempotent {
+        /// The key.
+        key: String,
+        /// The request it comes with.
+        fingerprint: Fingerprint,
+    },
+    /// `GET /v1/payments/{id}`
+    GetPayment(String),
+    /// `GET /v1/payments`
+    ListPayments {
+        /// Cursor: list the payments older than this one.
+        starting_after: Option<String>,
+        /// Page size.
+        limit: usize,
+    },
+    /// How much a refund of `payment` by this user would be (`amount`, or the rest).
+    RefundAmount {
+        /// The payment.
+        payment: String,
+        /// The asked amount; `None` for the rest.
+        amount: Option<u64>,
+    },
 }
 
 /// A user as the API shows it.
@@ -168,6 +242,16 @@ pub enum UserReply {
     Done,
     /// What to do with an idempotent request.
     Idempotency(Begin),
+    /// A payment.
+    Payment(Box<Payment>),
+    /// A page of payments, newest first, and whether more follow.
+    Payments(Vec<Payment>, bool),
+    /// A credit to send to another shard before the answer.
+    Transfer(Transfer),
+    /// Transfers to resend.
+    Transfers(Vec<Transfer>),
+    /// A refund amount and currency.
+    RefundAmount(u64, Currency),
     /// Balances, in currency order.
     Balances(Vec<(Currency, u64)>),
     /// Refused.
@@ -199,20 +283,35 @@ pub enum HomeError {
     UserNotFound,
     /// A ledger refusal (422 and friends).
     Ledger(LedgerError),
+    /// 422: the `starting_after` cursor is not one of the user's payments.
+    UnknownCursor,
+}
+
+/// An idempotency answer to store once a cross-shard transfer is acknowledged.
+struct PendingAnswer {
+    scope: Scope,
+    key: String,
+    answer: Vec<u8>,
 }
 
 /// One shard's user-scoped state.
 pub struct Home {
+    shard: usize,
+    shards: usize,
     auth: AuthState,
     ledger: Ledger,
+    /// Answers waiting for their transfer's acknowledgement, by transfer id.
+    pending: HashMap<String, PendingAnswer>,
+    /// When each outbox entry was last sent, Unix milliseconds.
+    last_sent: HashMap<String, u64>,
     idempotency: idempotency::Store,
     login_failures: Limiter<String>,
     user_requests: Limiter<UserId>,
 }
 
 impl Home {
-    /// Empty state with the limits of the configuration.
-    pub fn new(config: &AuthConfig, money: &MoneyConfig) -> Home {
+    /// Empty state of `shard` of `shards`, with the limits of the configuration.
+    pub fn new(shard: usize, shards: usize, config: &AuthConfig, money: &MoneyConfig) -> Home {
         let login_quota = config
             .login_failure_quota()
             .expect("auth limits are validated at load");
@@ -220,8 +319,12 @@ impl Home {
             .user_request_quota()
             .expect("auth limits are validated at load");
         Home {
+            shard,
+            shards,
             auth: AuthState::new(),
             ledger: Ledger::new(),
+            pending: HashMap::new(),
+            last_sent: HashMap::new(),
             idempotency: idempotency::Store::new(
                 money.idempotency_retention_seconds.saturating_mul(1000),
                 money.idempotency_keys_max,
@@ -358,6 +461,95 @@ impl Home {
                 self.idempotency.complete(&scope, &key, status, body);
                 UserReply::Done
             }
+            UserCommand::ResolveUser { to } => {
+                let found = match UserId::parse(&to) {
+                    Some(id) => self.auth.user(&id),
+                    None => self.auth.user_by_username(&to),
+                };
+                match found {
+                    Some(user) => UserReply::User(UserView {
+                        id: user.id.clone(),
+                        username: user.username.clone(),
+                        created_at_ms: user.created_at_ms,
+                    }),
+                    None => UserReply::Refused(HomeError::UserNotFound),
+                }
+            }
+            UserCommand::Pay {
+                payment,
+                key,
+                answer,
+                now_ms,
+            } => {
+                let payee_local = self.is_local(payment.to.slot());
+                let scope = Scope::User(payment.from.clone());
+                let command = ledger::Command::Pay { payment, payee_local };
+                match self.ledger.execute(&command) {
+                    Ok(events) => self.after_transfer(&events, scope, key, answer, now_ms),
+                    Err(LedgerError::IdTaken) => UserReply::Refused(HomeError::IdCollision),
+                    Err(error) => UserReply::Refused(HomeError::Ledger(error)),
+                }
+            }
+            UserCommand::Refund {
+                refund,
+                payment,
+                by,
+                amount,
+                key,
+                answer,
+                now_ms,
+            } => {
+                let Some(found) = self.ledger.payment(&payment, &by) else {
+                    return UserReply::Refused(HomeError::Ledger(LedgerError::PaymentNotFound));
+                };
+                let payer_local = self.is_local(found.from.slot());
+                let scope = Scope::User(by.clone());
+                let command = ledger::Command::Refund {
+                    refund,
+                    payment,
+                    by,
+                    amount: Some(amount),
+                    payer_local,
+                };
+                match self.ledger.execute(&command) {
+                    Ok(events) => self.after_transfer(&events, scope, key, answer, now_ms),
+                    Err(LedgerError::IdTaken) => UserReply::Refused(HomeError::IdCollision),
+                    Err(error) => UserReply::Refused(HomeError::Ledger(error)),
+                }
+            }
+            UserCommand::Receive(transfer) => {
+                match self.ledger.execute(&ledger::Command::Receive(transfer)) {
+                    Ok(_) => UserReply::Done,
+                    Err(error) => UserReply::Refused(HomeError::Ledger(error)),
+                }
+            }
+            UserCommand::Settle { transfer } => {
+                let _ = self.ledger.execute(&ledger::Command::Settle {
+                    transfer: transfer.clone(),
+                });
+                self.last_sent.remove(&transfer);
+                if let Some(pending) = self.pending.remove(&transfer) {
+                    self.idempotency
+                        .complete(&pending.scope, &pending.key, 201, pending.answer);
+                }
+                UserReply::Done
+            }
+            UserCommand::OutboxDue {
+                now_ms,
+                older_than_ms,
+            } => {
+                let mut due = Vec::new();
+                for transfer in self.ledger.outbox() {
+                    let last = self.last_sent.get(transfer.id()).copied().unwrap_or(0);
+                    if now_ms.saturating_sub(last) >= older_than_ms {
+                        due.push(transfer.clone());
+                    }
+                }
+                for transfer in &due {
+                    self.last_sent.insert(transfer.id().to_string(), now_ms);
+                }
+                UserReply::Transfers(due)
+            }
             UserCommand::Deposit {
                 id,
                 user,
@@ -427,6 +619,75 @@ impl Home {
                 UserReply::Done
             }
             UserAction::Balances => UserReply::Balances(self.ledger.balances_of(&user)),
+            UserAction::BeginIdempotent { key, fingerprint } => UserReply::Idempotency(
+                self.idempotency
+                    .begin(&Scope::User(user), &key, fingerprint, now_ms),
+            ),
+            UserAction::GetPayment(id) => match self.ledger.payment(&id, &user) {
+                Some(payment) => UserReply::Payment(Box::new(self.shown(payment))),
+                None => UserReply::Refused(HomeError::Ledger(LedgerError::PaymentNotFound)),
+            },
+            UserAction::ListPayments {
+                starting_after,
+                limit,
+            } => {
+                if let Some(cursor) = &starting_after {
+                    if self.ledger.payment(cursor, &user).is_none() {
+                        return UserReply::Refused(HomeError::UnknownCursor);
+                    }
+                }
+                let (page, more) = self.ledger.payments_of(&user, starting_after.as_deref(), limit);
+                UserReply::Payments(page.into_iter().map(|p| self.shown(p)).collect(), more)
+            }
+            UserAction::RefundAmount { payment, amount } => match self.ledger.payment(&payment, &user) {
+                Some(found) if found.to == user => {
+                    let left = found.amount - found.amount_refunded;
+                    UserReply::RefundAmount(amount.unwrap_or(left), found.currency)
+                }
+                // Only the payee refunds; to anyone else the payment does not exist.
+                _ => UserReply::Refused(HomeError::Ledger(LedgerError::PaymentNotFound)),
+            },
+        }
+    }
+}
+
+impl Home {
+    /// Whether `slot` belongs to this shard.
+    fn is_local(&self, slot: Slot) -> bool {
+        slot.shard(self.shards) == self.shard
+    }
+
+    /// A payment as shown to its parties.
+    fn shown(&self, payment: &Payment) -> Payment {
+        payment.clone()
+    }
+
+    /// After a payment or refund: complete the key at once when it was local, or keep the answer
+    /// until the other shard acknowledges the transfer the caller must now send.
+    fn after_transfer(
+        &mut self,
+        events: &[ledger::Event],
+        scope: Scope,
+        key: String,
+        answer: Vec<u8>,
+        now_ms: u64,
+    ) -> UserReply {
+        let transfer = events.iter().find_map(|event| match event {
+            ledger::Event::Reserved(transfer) => Some(transfer.clone()),
+            ledger::Event::RefundReserved { transfer, .. } => Some(transfer.clone()),
+            _ => None,
+        });
+        match transfer {
+            None => {
+                self.idempotency.complete(&scope, &key, 201, answer);
+                UserReply::Done
+            }
+            Some(transfer) => {
+                self.last_sent.insert(transfer.id().to_string(), now_ms);
+                self.pending
+                    .insert(transfer.id().to_string(), PendingAnswer { scope, key, answer });
+                UserReply::Transfer(transfer)
+            }
         }
     }
 }
@@ -434,7 +695,6 @@ impl Home {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::slots::Slot;
 
     fn home() -> Home {
         let config = AuthConfig {
@@ -444,7 +704,7 @@ mod tests {
             user_request_burst: 2,
             ..AuthConfig::default()
         };
-        Home::new(&config, &MoneyConfig::default())
+        Home::new(0, 1, &config, &MoneyConfig::default())
     }
 
     fn signup(home: &mut Home, name: &str) -> UserId {

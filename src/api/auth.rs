@@ -421,7 +421,11 @@ async fn authenticated(
 }
 
 /// Checks `Authorization: Bearer <jwt>` on this shard.
-fn verify_bearer(auth: &Auth, authorization: Option<&[u8]>, now_seconds: u64) -> Result<Claims, Failure> {
+pub(super) fn verify_bearer(
+    auth: &Auth,
+    authorization: Option<&[u8]>,
+    now_seconds: u64,
+) -> Result<Claims, Failure> {
     let value = authorization.ok_or_else(|| {
         let mut error = ApiError::new(
             401,
@@ -560,6 +564,13 @@ pub(super) fn refused_error(error: HomeError) -> ApiError {
             "No such user.",
         ),
         HomeError::Ledger(error) => ledger_error(error),
+        HomeError::UnknownCursor => ApiError::new(
+            422,
+            ErrorType::InvalidRequestError,
+            "invalid_starting_after",
+            "starting_after is not one of your payments.",
+        )
+        .with_param("starting_after"),
     }
 }
 
@@ -599,7 +610,7 @@ fn ledger_error(error: crate::payments::ledger::LedgerError) -> ApiError {
     }
 }
 
-fn refused(error: HomeError, home: usize) -> Failure {
+pub(super) fn refused(error: HomeError, home: usize) -> Failure {
     Failure {
         error: refused_error(error),
         home: Some(home),
@@ -631,7 +642,7 @@ fn busy() -> ApiError {
     ApiError::unavailable("overloaded", "Too many password checks are waiting; try again.")
 }
 
-fn internal(message: impl Into<String>) -> ApiError {
+pub(super) fn internal(message: impl Into<String>) -> ApiError {
     let message = message.into();
     tracing::error!(%message, "internal error");
     ApiError::new(500, ErrorType::ApiError, "internal_error", message)

@@ -9,6 +9,7 @@ pub mod error;
 pub mod json;
 pub mod money;
 mod ops;
+pub mod payments;
 pub mod router;
 
 use std::cell::{Cell, RefCell};
@@ -52,6 +53,14 @@ pub enum Route {
     Deposit,
     /// `GET /v1/balances`
     Balances,
+    /// `POST /v1/payments`
+    Pay,
+    /// `GET /v1/payments`
+    ListPayments,
+    /// `GET /v1/payments/{id}`
+    GetPayment,
+    /// `POST /v1/payments/{id}/refunds`
+    Refund,
     /// No route matched (404 / 405).
     Unmatched,
     /// Refused by the codec before routing.
@@ -75,6 +84,10 @@ pub const ROUTE_NAMES: &[&str] = &[
     "GET /v1/me",
     "POST /v1/deposits",
     "GET /v1/balances",
+    "POST /v1/payments",
+    "GET /v1/payments",
+    "GET /v1/payments/{id}",
+    "POST /v1/payments/{id}/refunds",
     "unmatched",
     "rejected",
 ];
@@ -115,7 +128,11 @@ impl Api {
             .add(Delete, "/v1/sessions", Route::RevokeAllSessions)
             .add(Get, "/v1/me", Route::Me)
             .add(Post, "/v1/deposits", Route::Deposit)
-            .add(Get, "/v1/balances", Route::Balances);
+            .add(Get, "/v1/balances", Route::Balances)
+            .add(Post, "/v1/payments", Route::Pay)
+            .add(Get, "/v1/payments", Route::ListPayments)
+            .add(Get, "/v1/payments/{id}", Route::GetPayment)
+            .add(Post, "/v1/payments/{id}/refunds", Route::Refund);
         let request_id_prefix = boot_entropy() ^ (shard.id() as u64).rotate_left(48);
         Api {
             shard,
@@ -207,8 +224,8 @@ impl Api {
 
 impl Handler for Api {
     async fn handle<'a>(&'a self, request: &'a Request<'a>, response: &'a mut Response<'_>) {
-        let route = match self.router.find(request.method, request.path) {
-            Match::Found(route, _params) => route,
+        let (route, params) = match self.router.find(request.method, request.path) {
+            Match::Found(route, params) => (route, params),
             unmatched => {
                 let (error, allow) = match unmatched {
                     Match::MethodNotAllowed(allow) => (ApiError::method_not_allowed(), Some(allow)),
@@ -240,7 +257,11 @@ impl Handler for Api {
             | Route::RevokeAllSessions
             | Route::Me
             | Route::Deposit
-            | Route::Balances => {
+            | Route::Balances
+            | Route::Pay
+            | Route::ListPayments
+            | Route::GetPayment
+            | Route::Refund => {
                 let mut id_buffer = [0u8; 32];
                 let request_id = self.request_id(request.header("x-request-id"), &mut id_buffer);
                 let auth_route = match route {
@@ -267,15 +288,52 @@ impl Handler for Api {
                         .await
                     }
                     None => {
-                        money::deposit(
-                            &self.money,
-                            &self.shard,
-                            request.body,
-                            request.header("authorization"),
-                            request.header("idempotency-key"),
-                            request_id,
-                        )
-                        .await
+                        let authorization = request.header("authorization");
+                        let key = request.header("idempotency-key");
+                        let id = params.get(0).unwrap_or("");
+                        match route {
+                            Route::Deposit => {
+                                money::deposit(
+                                    &self.money,
+                                    &self.shard,
+                                    request.body,
+                                    authorization,
+                                    key,
+                                    request_id,
+                                )
+                                .await
+                            }
+                            Route::Pay => {
+                                payments::pay(
+                                    &self.auth,
+                                    &self.money,
+                                    &self.shard,
+                                    request.body,
+                                    authorization,
+                                    key,
+                                    request_id,
+                                )
+                                .await
+                            }
+                            Route::ListPayments => {
+                                payments::list(&self.auth, &self.shard, request.query, authorization).await
+                            }
+                            Route::GetPayment => {
+                                payments::get(&self.auth, &self.shard, id, authorization).await
+                            }
+                            _ => {
+                                payments::refund(
+                                    &self.auth,
+                                    &self.shard,
+                                    id,
+                                    request.body,
+                                    authorization,
+                                    key,
+                                    request_id,
+                                )
+                                .await
+                            }
+                        }
                     }
                 };
                 match outcome {

@@ -31,6 +31,23 @@ pub struct Money {
 }
 
 impl Money {
+    /// An accepted currency, or 422 `unsupported_currency`.
+    pub fn currency(&self, code: &str) -> Result<Currency, Failure> {
+        Currency::parse(code)
+            .filter(|currency| self.currencies.contains(currency))
+            .ok_or_else(|| {
+                Failure::from(
+                    ApiError::new(
+                        422,
+                        ErrorType::InvalidRequestError,
+                        "unsupported_currency",
+                        "currency is not one this server accepts.",
+                    )
+                    .with_param("currency"),
+                )
+            })
+    }
+
     /// From the (validated) configuration.
     pub fn new(config: &MoneyConfig) -> Money {
         Money {
@@ -177,19 +194,7 @@ async fn execute_deposit(money: &Money, shard: &Shard, body: &[u8]) -> Result<(V
                 .with_param("amount"),
             )
         })?;
-    let currency = Currency::parse(&request.currency)
-        .filter(|currency| money.currencies.contains(currency))
-        .ok_or_else(|| {
-            Failure::from(
-                ApiError::new(
-                    422,
-                    ErrorType::InvalidRequestError,
-                    "unsupported_currency",
-                    "currency is not one this server accepts.",
-                )
-                .with_param("currency"),
-            )
-        })?;
+    let currency = money.currency(&request.currency)?;
     let user = UserId::parse(&request.user_id)
         .ok_or_else(|| Failure::from(refused_error(HomeError::UserNotFound).with_param("user_id")))?;
     let slot = user.slot();
@@ -239,7 +244,7 @@ async fn execute_deposit(money: &Money, shard: &Shard, body: &[u8]) -> Result<(V
 }
 
 /// The `Idempotency-Key` header: required, 1 to 255 visible ASCII characters.
-fn idempotency_key_of(value: Option<&[u8]>) -> Result<String, Failure> {
+pub(super) fn idempotency_key_of(value: Option<&[u8]>) -> Result<String, Failure> {
     let value = value.ok_or_else(|| {
         Failure::from(
             ApiError::new(
@@ -264,7 +269,7 @@ fn idempotency_key_of(value: Option<&[u8]>) -> Result<String, Failure> {
     Ok(String::from_utf8_lossy(value).into_owned())
 }
 
-fn idempotency_refusal(begin: &Begin, home: usize) -> Failure {
+pub(super) fn idempotency_refusal(begin: &Begin, home: usize) -> Failure {
     let error = match begin {
         Begin::InUse => ApiError::new(
             409,

@@ -94,6 +94,11 @@ impl Transfer {
         }
     }
 
+    /// The user credited on the receiving shard (which is that user's home shard).
+    pub fn recipient(&self) -> &UserId {
+        self.credit().0
+    }
+
     fn credit(&self) -> (&UserId, Currency, u64) {
         match self {
             Transfer::Payment(payment) => (&payment.to, payment.currency, payment.amount),

@@ -322,7 +322,7 @@ impl Launch {
                     metrics: metrics.clone(),
                     connections: connections.clone(),
                     info,
-                    home: RefCell::new(Home::new(&config.auth, &config.money)),
+                    home: RefCell::new(Home::new(shard, shards, &config.auth, &config.money)),
                     mesh,
                 });
                 for (peer, receiver) in receivers {
@@ -338,6 +338,7 @@ impl Launch {
                     ));
                 }
                 spawn(tick(cluster.clone(), connections));
+                spawn(resend_outbox(this.clone()));
                 let outcome = start(this).await;
                 if outcome.is_err() {
                     cluster.request_shutdown();
@@ -384,6 +385,43 @@ async fn tick(cluster: Arc<Cluster>, connections: Rc<Connections>) {
             connections.start_drain();
         }
         sleep(TICK).await;
+    }
+}
+
+/// How often each shard looks for unacknowledged credits, and how long one waits before it is resent.
+const RESEND_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Resends, forever, the credits of this shard's outbox that no acknowledgement has settled: the
+/// recovery half of the two-step cross-shard protocol. The recipient applies a credit once (by
+/// id), so resending one that already arrived is harmless; the acknowledgement settles it here,
+/// which also stores the waiting idempotent answer.
+async fn resend_outbox(shard: Rc<Shard>) {
+    loop {
+        sleep(RESEND_INTERVAL).await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let due = UserCommand::OutboxDue {
+            now_ms,
+            older_than_ms: RESEND_INTERVAL.as_millis() as u64,
+        };
+        let Reply::User(UserReply::Transfers(transfers)) = shard.execute(Command::User(due)) else {
+            continue;
+        };
+        for transfer in transfers {
+            let id = transfer.id().to_string();
+            let recipient = transfer.recipient().slot();
+            match shard
+                .invoke_on_home(recipient, UserCommand::Receive(transfer))
+                .await
+            {
+                Ok(UserReply::Done) => {
+                    shard.execute(Command::User(UserCommand::Settle { transfer: id }));
+                }
+                Ok(other) => tracing::error!(?other, transfer = %id, "a resent credit was refused"),
+                Err(error) => tracing::warn!(%error, transfer = %id, "resending a credit failed; will retry"),
+            }
+        }
     }
 }
 
