@@ -15,6 +15,7 @@ use crate::payments::ledger::{self, Currency, Ledger, LedgerError, Payment, Tran
 use crate::ratelimit::Limiter;
 use crate::slots::Slot;
 use crate::slots::UserId;
+use crate::storage::{Log, MemoryLog, Record};
 
 /// A user-scoped request to the user's home shard.
 #[derive(Debug)]
@@ -296,6 +297,8 @@ struct PendingAnswer {
 
 /// One shard's user-scoped state.
 pub struct Home {
+    /// Where every decided event goes before it is applied.
+    log: Box<dyn Log>,
     shard: usize,
     shards: usize,
     auth: AuthState,
@@ -319,6 +322,7 @@ impl Home {
             .user_request_quota()
             .expect("auth limits are validated at load");
         Home {
+            log: Box::new(MemoryLog::new()),
             shard,
             shards,
             auth: AuthState::new(),
@@ -349,7 +353,7 @@ impl Home {
                     password_hash,
                     now_ms,
                 };
-                match self.auth.execute(&command) {
+                match self.commit_auth(&command) {
                     Ok(events) => match events.first() {
                         Some(Event::UserCreated(user)) => UserReply::User(UserView {
                             id: user.id.clone(),
@@ -392,7 +396,7 @@ impl Home {
                     refresh_expires_at_ms,
                     now_ms,
                 };
-                match self.auth.execute(&command) {
+                match self.commit_auth(&command) {
                     Ok(_) => {
                         if let Some(found) = self.auth.user(&user) {
                             // A successful login clears the username's failures.
@@ -417,11 +421,8 @@ impl Home {
                     refresh_expires_at_ms,
                     now_ms,
                 };
-                match self.auth.decide(&command) {
+                match self.commit_auth(&command) {
                     Ok(events) => {
-                        for event in &events {
-                            self.auth.apply(event);
-                        }
                         match events.first() {
                             Some(Event::SessionRefreshed { session, .. }) => {
                                 let user = self
@@ -484,7 +485,7 @@ impl Home {
                 let payee_local = self.is_local(payment.to.slot());
                 let scope = Scope::User(payment.from.clone());
                 let command = ledger::Command::Pay { payment, payee_local };
-                match self.ledger.execute(&command) {
+                match self.commit_ledger(&command) {
                     Ok(events) => self.after_transfer(&events, scope, key, answer, now_ms),
                     Err(LedgerError::IdTaken) => UserReply::Refused(HomeError::IdCollision),
                     Err(error) => UserReply::Refused(HomeError::Ledger(error)),
@@ -511,20 +512,18 @@ impl Home {
                     amount: Some(amount),
                     payer_local,
                 };
-                match self.ledger.execute(&command) {
+                match self.commit_ledger(&command) {
                     Ok(events) => self.after_transfer(&events, scope, key, answer, now_ms),
                     Err(LedgerError::IdTaken) => UserReply::Refused(HomeError::IdCollision),
                     Err(error) => UserReply::Refused(HomeError::Ledger(error)),
                 }
             }
-            UserCommand::Receive(transfer) => {
-                match self.ledger.execute(&ledger::Command::Receive(transfer)) {
-                    Ok(_) => UserReply::Done,
-                    Err(error) => UserReply::Refused(HomeError::Ledger(error)),
-                }
-            }
+            UserCommand::Receive(transfer) => match self.commit_ledger(&ledger::Command::Receive(transfer)) {
+                Ok(_) => UserReply::Done,
+                Err(error) => UserReply::Refused(HomeError::Ledger(error)),
+            },
             UserCommand::Settle { transfer } => {
-                let _ = self.ledger.execute(&ledger::Command::Settle {
+                let _ = self.commit_ledger(&ledger::Command::Settle {
                     transfer: transfer.clone(),
                 });
                 self.last_sent.remove(&transfer);
@@ -565,7 +564,7 @@ impl Home {
                     amount,
                     currency,
                 };
-                match self.ledger.execute(&command) {
+                match self.commit_ledger(&command) {
                     Ok(_) => UserReply::Done,
                     Err(LedgerError::IdTaken) => UserReply::Refused(HomeError::IdCollision),
                     Err(error) => UserReply::Refused(HomeError::Ledger(error)),
@@ -611,11 +610,11 @@ impl Home {
                     .collect(),
             ),
             UserAction::RevokeCurrent => {
-                let _ = self.auth.execute(&Command::RevokeSession { user, session });
+                let _ = self.commit_auth(&Command::RevokeSession { user, session });
                 UserReply::Done
             }
             UserAction::RevokeAll => {
-                let _ = self.auth.execute(&Command::RevokeAllSessions { user });
+                let _ = self.commit_auth(&Command::RevokeAllSessions { user });
                 UserReply::Done
             }
             UserAction::Balances => UserReply::Balances(self.ledger.balances_of(&user)),
@@ -652,6 +651,38 @@ impl Home {
 }
 
 impl Home {
+    /// Uses `log` instead of the in-memory log (tests, and the durable log).
+    pub fn with_log(mut self, log: Box<dyn Log>) -> Home {
+        self.log = log;
+        self
+    }
+
+    /// Decides an auth command, stores its events, then applies them.
+    fn commit_auth(&mut self, command: &Command) -> Result<Vec<Event>, AuthError> {
+        let events = self.auth.decide(command)?;
+        if !events.is_empty() {
+            let records: Vec<Record> = events.iter().cloned().map(Record::Auth).collect();
+            self.log.append(&records);
+            for event in &events {
+                self.auth.apply(event);
+            }
+        }
+        Ok(events)
+    }
+
+    /// Decides a ledger command, stores its events, then applies them.
+    fn commit_ledger(&mut self, command: &ledger::Command) -> Result<Vec<ledger::Event>, LedgerError> {
+        let events = self.ledger.decide(command)?;
+        if !events.is_empty() {
+            let records: Vec<Record> = events.iter().cloned().map(Record::Ledger).collect();
+            self.log.append(&records);
+            for event in &events {
+                self.ledger.apply(event);
+            }
+        }
+        Ok(events)
+    }
+
     /// Whether `slot` belongs to this shard.
     fn is_local(&self, slot: Slot) -> bool {
         slot.shard(self.shards) == self.shard
@@ -827,5 +858,86 @@ mod tests {
             }
         }
         assert_eq!(limited, 3, "a burst of two, then limited");
+    }
+
+    /// A log the test can read after the home has used it.
+    struct Shared(std::rc::Rc<std::cell::RefCell<MemoryLog>>);
+
+    impl Log for Shared {
+        fn append(&mut self, records: &[Record]) {
+            self.0.borrow_mut().append(records);
+        }
+    }
+
+    /// Every state change goes through the log: replaying the records rebuilds the state.
+    #[test]
+    fn replaying_the_log_rebuilds_the_state() {
+        let log = std::rc::Rc::new(std::cell::RefCell::new(MemoryLog::keeping()));
+        let mut home = home().with_log(Box::new(Shared(log.clone())));
+        let alice = signup(&mut home, "alice");
+        let bob = signup(&mut home, "bob");
+        home.execute(UserCommand::CreateSession {
+            user: alice.clone(),
+            session: "ses_1".into(),
+            refresh_hash: [1; 32],
+            refresh_expires_at_ms: 10_000,
+            now_ms: 5,
+        });
+        let usd = Currency::parse("USD").unwrap();
+        home.execute(UserCommand::Deposit {
+            id: "dep_1".into(),
+            user: alice.clone(),
+            amount: 100,
+            currency: usd,
+        });
+        let payment = Payment {
+            id: "pay_1".into(),
+            from: alice.clone(),
+            to: bob.clone(),
+            amount: 30,
+            currency: usd,
+            description: None,
+            amount_refunded: 0,
+            created_at_ms: 6,
+        };
+        let paid = home.execute(UserCommand::Pay {
+            payment,
+            key: "k".into(),
+            answer: b"{}".to_vec(),
+            now_ms: 6,
+        });
+        assert!(matches!(paid, UserReply::Done), "{paid:?}");
+        home.execute(UserCommand::Refund {
+            refund: "ref_1".into(),
+            payment: "pay_1".into(),
+            by: bob.clone(),
+            amount: 10,
+            key: "r".into(),
+            answer: b"{}".to_vec(),
+            now_ms: 7,
+        });
+        home.execute(UserCommand::Authenticated {
+            user: alice.clone(),
+            session: "ses_1".into(),
+            now_ms: 8,
+            action: UserAction::RevokeAll,
+        });
+        let records = log.borrow().records().to_vec();
+        assert!(records.len() >= 7, "{records:?}");
+        let mut auth = AuthState::new();
+        let mut ledger = Ledger::new();
+        for record in &records {
+            match record {
+                Record::Auth(event) => auth.apply(event),
+                Record::Ledger(event) => ledger.apply(event),
+            }
+        }
+        assert_eq!(ledger, home.ledger);
+        assert_eq!(ledger.balance(&alice, usd), 80);
+        assert_eq!(auth.user_by_username("bob"), home.auth.user_by_username("bob"));
+        assert!(auth.sessions_of(&alice).is_empty() && home.auth.sessions_of(&alice).is_empty());
+        // Records are plain data: they serialize for a durable log.
+        let encoded = serde_json::to_string(&records).unwrap();
+        assert_eq!(serde_json::from_str::<Vec<Record>>(&encoded).unwrap(), records);
     }
 }

@@ -17,3 +17,4 @@ pub mod ratelimit;
 pub mod server;
 pub mod shard;
 pub mod slots;
+pub mod storage;
