@@ -940,4 +940,96 @@ mod tests {
         let encoded = serde_json::to_string(&records).unwrap();
         assert_eq!(serde_json::from_str::<Vec<Record>>(&encoded).unwrap(), records);
     }
+
+    /// The recovery path: a cross-shard payment whose credit was not acknowledged stays claimed
+    /// (a retry is InUse), is offered for resending once it is old enough, and settling it stores
+    /// the waiting 201 under the key.
+    #[test]
+    fn an_unacknowledged_credit_is_resent_and_settling_it_completes_the_key() {
+        // Two shards; this home is shard 0, so a payee in the upper half of the slots is remote.
+        let mut home = Home::new(0, 2, &AuthConfig::default(), &MoneyConfig::default());
+        let alice = UserId::new(Slot::new(1).unwrap(), [1; 10]);
+        let remote = UserId::new(Slot::new(16_000).unwrap(), [2; 10]);
+        home.execute(UserCommand::CreateUser {
+            id: alice.clone(),
+            username: "alice".into(),
+            password_hash: "phc".into(),
+            now_ms: 1,
+        });
+        home.execute(UserCommand::CreateSession {
+            user: alice.clone(),
+            session: "ses_1".into(),
+            refresh_hash: [1; 32],
+            refresh_expires_at_ms: 100_000,
+            now_ms: 1,
+        });
+        let usd = Currency::parse("USD").unwrap();
+        home.execute(UserCommand::Deposit {
+            id: "dep_1".into(),
+            user: alice.clone(),
+            amount: 50,
+            currency: usd,
+        });
+        let begin = |home: &mut Home, now_ms| {
+            home.execute(UserCommand::Authenticated {
+                user: alice.clone(),
+                session: "ses_1".into(),
+                now_ms,
+                action: UserAction::BeginIdempotent {
+                    key: "k".into(),
+                    fingerprint: [9; 32],
+                },
+            })
+        };
+        assert!(matches!(
+            begin(&mut home, 10),
+            UserReply::Idempotency(Begin::Proceed)
+        ));
+        let payment = Payment {
+            id: "pay_1".into(),
+            from: alice.clone(),
+            to: remote,
+            amount: 20,
+            currency: usd,
+            description: None,
+            amount_refunded: 0,
+            created_at_ms: 10,
+        };
+        let reply = home.execute(UserCommand::Pay {
+            payment,
+            key: "k".into(),
+            answer: b"the 201 body".to_vec(),
+            now_ms: 10,
+        });
+        let UserReply::Transfer(transfer) = reply else {
+            panic!("{reply:?}")
+        };
+        // The credit was not acknowledged: a retry is told to wait.
+        assert!(matches!(
+            begin(&mut home, 20),
+            UserReply::Idempotency(Begin::InUse)
+        ));
+        // Not yet old enough to resend; then it is, once per interval.
+        let due = |home: &mut Home, now_ms| match home.execute(UserCommand::OutboxDue {
+            now_ms,
+            older_than_ms: 1000,
+        }) {
+            UserReply::Transfers(transfers) => transfers,
+            other => panic!("{other:?}"),
+        };
+        assert!(due(&mut home, 500).is_empty());
+        assert_eq!(due(&mut home, 1_010), vec![transfer.clone()]);
+        assert!(due(&mut home, 1_500).is_empty(), "just resent");
+        // The acknowledgement settles it and stores the answer.
+        home.execute(UserCommand::Settle {
+            transfer: transfer.id().to_string(),
+        });
+        match begin(&mut home, 1_600) {
+            UserReply::Idempotency(Begin::Replay { status, body }) => {
+                assert_eq!((status, body.as_slice()), (201, &b"the 201 body"[..]))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(due(&mut home, 5_000).is_empty(), "settled credits are not resent");
+    }
 }
