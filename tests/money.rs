@@ -7,7 +7,7 @@ mod common;
 
 use serde_json::Value;
 
-use common::{Client, Response, Server};
+use common::{get_with, post, Client, Response, Server};
 
 const ADMIN: &str = "Authorization: Bearer dev-admin-key-not-for-production";
 
@@ -19,34 +19,6 @@ fn start(shards: usize) -> Server {
             ("SHARDPAY_AUTH_PASSWORD_ITERATIONS", "1"),
         ],
     )
-}
-
-fn post(port: u16, path: &str, headers: &[&str], body: &str) -> Response {
-    let mut client = Client::connect(port);
-    let mut raw = format!(
-        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for header in headers {
-        raw.push_str(header);
-        raw.push_str("\r\n");
-    }
-    raw.push_str("\r\n");
-    raw.push_str(body);
-    client.send(raw.as_bytes());
-    client.read_response()
-}
-
-fn get_with(port: u16, path: &str, headers: &[&str]) -> Response {
-    let mut client = Client::connect(port);
-    let mut raw = format!("GET {path} HTTP/1.1\r\nHost: t\r\n");
-    for header in headers {
-        raw.push_str(header);
-        raw.push_str("\r\n");
-    }
-    raw.push_str("\r\n");
-    client.send(raw.as_bytes());
-    client.read_response()
 }
 
 /// Signs up and logs in; returns (user id, access token).

@@ -12,7 +12,7 @@ use std::sync::{Arc, Barrier};
 
 use serde_json::{json, Value};
 
-use common::{Client, Response, Server};
+use common::{get_with, post, Response, Server};
 
 const ADMIN: &str = "Authorization: Bearer dev-admin-key-not-for-production";
 const SHARDS: usize = 2;
@@ -26,34 +26,6 @@ fn start(shards: usize) -> Server {
             ("SHARDPAY_AUTH_USER_REQUEST_BURST", "100000"),
         ],
     )
-}
-
-fn post(port: u16, path: &str, headers: &[&str], body: &str) -> Response {
-    let mut client = Client::connect(port);
-    let mut raw = format!(
-        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for header in headers {
-        raw.push_str(header);
-        raw.push_str("\r\n");
-    }
-    raw.push_str("\r\n");
-    raw.push_str(body);
-    client.send(raw.as_bytes());
-    client.read_response()
-}
-
-fn get_with(port: u16, path: &str, headers: &[&str]) -> Response {
-    let mut client = Client::connect(port);
-    let mut raw = format!("GET {path} HTTP/1.1\r\nHost: t\r\n");
-    for header in headers {
-        raw.push_str(header);
-        raw.push_str("\r\n");
-    }
-    raw.push_str("\r\n");
-    client.send(raw.as_bytes());
-    client.read_response()
 }
 
 /// A signed-up, logged-in user.

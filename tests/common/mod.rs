@@ -357,6 +357,36 @@ fn parse_response(buffer: &[u8], head_only: bool) -> Option<(Response, usize)> {
     ))
 }
 
+/// A POST with extra header lines (`"Name: value"`) and a body, on a fresh connection.
+pub fn post(port: u16, path: &str, headers: &[&str], body: &str) -> Response {
+    let mut client = Client::connect(port);
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for header in headers {
+        raw.push_str(header);
+        raw.push_str("\r\n");
+    }
+    raw.push_str("\r\n");
+    raw.push_str(body);
+    client.send(raw.as_bytes());
+    client.read_response()
+}
+
+/// A GET with extra header lines (`"Name: value"`), on a fresh connection.
+pub fn get_with(port: u16, path: &str, headers: &[&str]) -> Response {
+    let mut client = Client::connect(port);
+    let mut raw = format!("GET {path} HTTP/1.1\r\nHost: t\r\n");
+    for header in headers {
+        raw.push_str(header);
+        raw.push_str("\r\n");
+    }
+    raw.push_str("\r\n");
+    client.send(raw.as_bytes());
+    client.read_response()
+}
+
 /// One GET on a fresh connection.
 pub fn try_get(port: u16, path: &str) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
