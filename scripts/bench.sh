@@ -26,20 +26,41 @@
 # one user is not throttled. Its ratio to shardpay's own json run of the same
 # round ("shardpay balances / shardpay json") is in the ratio table.
 #
+# The test "payments" is a money write, POST /v1/payments (bench/wrk/
+# payments.lua), against shardpay only: 1 USD per request from one payer,
+# alternating between two payees, each request with a new Idempotency-Key (a
+# repeated key would get the stored answer replayed, not a new payment).
+# Before its warm-up, each run signs up the payer "benchpayer" and logs in,
+# signs up two payees, one on the payer's home shard and, when the server has
+# several shards (--shards), one on another shard (so half the payments are
+# cross-shard; with one shard both are local), deposits 10^15 USD minor units
+# to the payer with the admin key, and checks that one payment to each payee
+# answers 201. After the measured run, the payer's balance must show at least
+# as many payments as wrk counted responses (else keys were replayed). Home
+# shards are computed as the server does (src/slots.rs: CRC16/XMODEM of the
+# username mod 16384, slots to shards in contiguous ranges) and checked
+# against the X-Shard header of each signup. Ratio: "shardpay payments /
+# shardpay json" of the same round.
+#
 # Every response must be 2xx (or 3xx): wrk's "Non-2xx or 3xx responses" count
 # of the measured run goes into the "wrk errors" column, and any such response
 # (warm-up included) is flagged in the tables and makes the script exit 1 once
 # the report is written.
 #
 # Usage: scripts/bench.sh [--rounds N] [--duration S] [--targets LIST]
-#                         [--tests LIST] [--connections N] [--name NAME]
-#                         [--no-build]
+#                         [--tests LIST] [--connections N] [--shards N]
+#                         [--name NAME] [--no-build]
 #   --rounds N        rounds of the whole matrix (default 3)
 #   --duration S      seconds per measured run (default 10)
 #   --targets LIST    comma list of shardpay,bare-glommio,actix (default all)
-#   --tests LIST      comma list of plaintext,json,pipelined,balances
-#                     (default plaintext,json,pipelined; balances: shardpay only)
+#   --tests LIST      comma list of plaintext,json,pipelined,balances,payments
+#                     (default plaintext,json,pipelined; balances and
+#                     payments: shardpay only)
 #   --connections N   wrk connections (default 64)
+#   --shards N        shardpay's shards (default 1), all pinned to the server
+#                     CPU (--shards N --cpus 1: the server stays on one core,
+#                     and cross-shard work shows as CPU per request); its
+#                     shard-aware ports are 7100..7100+N-1
 #   --name NAME       results name (default server-core)
 #   --no-build        do not run cargo build
 #
@@ -47,7 +68,8 @@
 # tests x (S + 2 s warm-up) plus about 1 s per run for server start and stop:
 # the default (3 x 3 x 3 x 12 s = 324 s) takes about 6 minutes. balances adds
 # one run per round (shardpay only) and about 1 s of set-up per run (one
-# argon2 signup and one login).
+# argon2 signup and one login); payments likewise, with about 2 s of set-up
+# (three signups, one login).
 #
 # Results: bench/results/<YYYY-MM-DD>-<NAME>.json (summary array: one entry
 #              per target and test, with medians, "rounds" and "runs"),
@@ -73,6 +95,9 @@ DURATION=10
 TARGETS="shardpay,bare-glommio,actix"
 TESTS="plaintext,json,pipelined"
 CONNECTIONS=64
+SHARDS=1
+SHARD_PORT_BASE=7100 # shardpay's shard-aware ports: SHARD_PORT_BASE + 0..SHARDS-1
+SHARD_COUNT_MAX=1024 # the server's limit (SHARD_COUNT_LIMIT in src/config.rs)
 NAME="server-core"
 BUILD=1
 WARMUP_S=2
@@ -108,6 +133,8 @@ while [[ $# -gt 0 ]]; do
         --tests=*) TESTS="${1#*=}"; shift ;;
         --connections) need_value "$@"; CONNECTIONS="$2"; shift 2 ;;
         --connections=*) CONNECTIONS="${1#*=}"; shift ;;
+        --shards) need_value "$@"; SHARDS="$2"; shift 2 ;;
+        --shards=*) SHARDS="${1#*=}"; shift ;;
         --name) need_value "$@"; NAME="$2"; shift 2 ;;
         --name=*) NAME="${1#*=}"; shift ;;
         --no-build) BUILD=0; shift ;;
@@ -119,6 +146,8 @@ done
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer"
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer (seconds)"
 [[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || die "--connections must be a positive integer"
+[[ "$SHARDS" =~ ^[1-9][0-9]*$ ]] && ((SHARDS <= SHARD_COUNT_MAX)) ||
+    die "--shards must be an integer from 1 to $SHARD_COUNT_MAX"
 [[ "$NAME" =~ ^[A-Za-z0-9._-]+$ ]] || die "--name may only contain letters, digits, '.', '_' and '-'"
 
 IFS=',' read -r -a TARGET_LIST <<<"$TARGETS"
@@ -129,15 +158,16 @@ for t in "${TARGET_LIST[@]}"; do
     case "$t" in shardpay|bare-glommio|actix) ;; *) die "unknown target '$t' (shardpay, bare-glommio, actix)" ;; esac
 done
 for t in "${TEST_LIST[@]}"; do
-    case "$t" in plaintext|json|pipelined|balances) ;; *) die "unknown test '$t' (plaintext, json, pipelined, balances)" ;; esac
+    case "$t" in plaintext|json|pipelined|balances|payments) ;; *) die "unknown test '$t' (plaintext, json, pipelined, balances, payments)" ;; esac
 done
 [[ $(printf '%s\n' "${TARGET_LIST[@]}" | sort | uniq -d) == "" ]] || die "--targets has duplicates"
 [[ $(printf '%s\n' "${TEST_LIST[@]}" | sort | uniq -d) == "" ]] || die "--tests has duplicates"
 
-# Whether TARGET serves TEST: balances (an authenticated shardpay route) runs
-# against shardpay only; every other test runs against every target.
+# Whether TARGET serves TEST: balances and payments (authenticated shardpay
+# routes) run against shardpay only; every other test runs against every
+# target.
 test_applies() {
-    [[ "$2" != balances || "$1" == shardpay ]]
+    [[ ("$2" != balances && "$2" != payments) || "$1" == shardpay ]]
 }
 
 # Runs per round (checked here, before any results file is touched).
@@ -147,7 +177,7 @@ for test in "${TEST_LIST[@]}"; do
         if test_applies "$target" "$test"; then RUNS_PER_ROUND=$((RUNS_PER_ROUND + 1)); fi
     done
 done
-((RUNS_PER_ROUND > 0)) || die "no test applies to the targets (balances runs against shardpay only)"
+((RUNS_PER_ROUND > 0)) || die "no test applies to the targets (balances and payments run against shardpay only)"
 for test in "${TEST_LIST[@]}"; do
     applies=0
     for target in "${TARGET_LIST[@]}"; do
@@ -167,20 +197,41 @@ declare -A PORT=([shardpay]=8080 [bare-glommio]=8081 [actix]=8082)
 declare -A READY_PATH=([shardpay]=/readyz [bare-glommio]=/plaintext [actix]=/plaintext)
 declare -A PACKAGE=([shardpay]=shardpay [bare-glommio]=peer-bare-glommio [actix]=peer-actix)
 
+# shardpay's shard-aware ports must not reach past the port range, nor into a
+# target's public port.
+SHARD_PORT_LAST=$((SHARD_PORT_BASE + SHARDS - 1))
+((SHARD_PORT_LAST <= 65535)) || die "--shards $SHARDS: shard-aware ports from $SHARD_PORT_BASE pass 65535"
+for p in "${PORT[@]}"; do
+    ((p < SHARD_PORT_BASE || p > SHARD_PORT_LAST)) ||
+        die "--shards $SHARDS: shard-aware ports $SHARD_PORT_BASE..$SHARD_PORT_LAST would include port $p"
+done
+
 # The balances test's set-up on a fresh shardpay server.
 BENCH_USERNAME="bench"
 BENCH_PASSWORD="benchmark-password-1"
 BENCH_ADMIN_KEY="dev-admin-key-not-for-production" # config/bench.toml keeps the dev key
 BENCH_DEPOSIT_MINOR=100000
 BENCH_CURRENCY="USD"
-ACCESS_TOKEN="" # set by balances_setup, used by run_wrk for balances
+ACCESS_TOKEN="" # set by balances_setup and payments_setup, used by run_wrk
+
+# The payments test's set-up: the payer, candidate payee names (a local and a
+# remote one are picked from them per --shards), the payer's deposit (10^15,
+# the server's AMOUNT_MAX: no run can spend it at 1 per payment).
+PAY_PAYER="benchpayer"
+PAY_PAYEE_CANDIDATES="benchpayee1 benchpayee2 benchpayee3 benchpayee4 benchpayee5 benchpayee6
+    benchpayee7 benchpayee8 benchpayee9 benchpayee10 benchpayee11 benchpayee12 benchpayee13
+    benchpayee14 benchpayee15 benchpayee16 benchpayee17 benchpayee18 benchpayee19 benchpayee20"
+PAY_DEPOSIT_MINOR=1000000000000000
+PAYEES=() # set by payments_setup: the local payee, then the other one
+PAY_RUN_TAG="" # a tag per wrk run, so that no two runs share an idempotency key
 
 # Sets CMD to the command line of a target.
 target_command() {
     case "$1" in
         shardpay)
             CMD=(taskset -c "$SERVER_CPU" target/release/shardpay serve
-                --config config/bench.toml --shards 1 --cpus "$SERVER_CPU"
+                --config config/bench.toml --shards "$SHARDS" --cpus "$SERVER_CPU"
+                --shard-port-base "$SHARD_PORT_BASE"
                 --listen "127.0.0.1:${PORT[shardpay]}") ;;
         bare-glommio)
             CMD=(target/release/peer-bare-glommio --cpu "$SERVER_CPU"
@@ -226,6 +277,13 @@ start_server() {
     # the connections with the new one, so refuse to start instead.
     if port_in_use "$port"; then
         die "port $port is already in use (a stale server?); stop it first"
+    fi
+    if [[ "$target" == shardpay ]]; then
+        # Its shard-aware ports (bound without SO_REUSEPORT) must be free too.
+        local p
+        for ((p = SHARD_PORT_BASE; p <= SHARD_PORT_LAST; p++)); do
+            ! port_in_use "$p" || die "port $p (shardpay's shard-aware port) is already in use; stop its user first"
+        done
     fi
     target_command "$target"
     echo ">> starting $target: ${CMD[*]}" >&2
@@ -300,17 +358,19 @@ server_response_count() {
 
 # http_call LOG EXPECTED_STATUS METHOD URL BODY [HEADER...]: one curl request;
 # prints the response body, dies unless the status is EXPECTED_STATUS. The
-# exchange (status and body) is appended to LOG.
+# exchange (status and body) is appended to LOG. With HTTP_CALL_HEADERS set to
+# a file name, the response headers are written there.
 http_call() {
     local log="$1" expected="$2" method="$3" url="$4" body="$5"
     shift 5
-    local -a headers=(-H "Content-Type: application/json")
+    local -a headers=(-H "Content-Type: application/json") dump=()
     local h
     for h in "$@"; do headers+=(-H "$h"); done
+    if [[ -n "${HTTP_CALL_HEADERS:-}" ]]; then dump=(-D "$HTTP_CALL_HEADERS"); fi
     local tmp status
     tmp="$(mktemp)"
     status="$(curl -sS --max-time 30 -o "$tmp" -w '%{http_code}' -X "$method" \
-        "${headers[@]}" --data-binary "$body" "$url")" || {
+        "${dump[@]+"${dump[@]}"}" "${headers[@]}" --data-binary "$body" "$url")" || {
         rm -f "$tmp"
         die "set-up: $method $url failed (curl)"
     }
@@ -360,20 +420,151 @@ d = json.load(open(sys.argv[1])).get("data")
 sys.exit(0 if isinstance(d, list) and d else "empty balance list")' "$log.body" ||
         die "set-up: GET /v1/balances returned no balance: $(<"$log.body")"
     rm -f "$log.body"
-    # Tokens are short-lived and the server is thrown away, but keep them out
-    # of the results anyway.
+    redact_setup_log "$log.tmp" "$log"
+}
+
+# redact_setup_log TMP LOG: TMP without its tokens goes to LOG; TMP is removed.
+# Tokens are short-lived and the server is thrown away, but keep them out of
+# the results anyway.
+redact_setup_log() {
     python3 -c 'import re, sys
 t = open(sys.argv[1]).read()
 t = re.sub(r"(\"(?:access_token|refresh_token)\":\")[^\"]*", r"\1<redacted>", t)
-open(sys.argv[2], "w").write(t)' "$log.tmp" "$log"
-    rm -f "$log.tmp"
+open(sys.argv[2], "w").write(t)' "$1" "$2"
+    rm -f "$1"
+}
+
+# home_shards SHARDS NAME...: the home shard of each username, one a line, as
+# src/slots.rs computes it: slot = CRC16/XMODEM(case-folded name) mod 16384,
+# and slots go to shards in contiguous ranges (shard i of N owns slots
+# floor(i*16384/N) to floor((i+1)*16384/N)-1; Slot::shard's formula).
+home_shards() {
+    python3 - "$@" <<'PY'
+import sys
+
+def crc16_xmodem(data):
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+shards = int(sys.argv[1])
+for name in sys.argv[2:]:
+    slot = crc16_xmodem(name.lower().encode()) % 16384
+    print(((slot + 1) * shards - 1) // 16384)
+PY
+}
+
+# signup_on LOG URL USERNAME EXPECTED_SHARD: signs USERNAME up (201), checks
+# that the X-Shard of the answer (the user's home shard) is EXPECTED_SHARD,
+# prints the signup answer.
+signup_on() {
+    local log="$1" url="$2" name="$3" expected="$4" response shard
+    local creds
+    creds="$(printf '{"username":"%s","password":"%s"}' "$name" "$BENCH_PASSWORD")"
+    response="$(HTTP_CALL_HEADERS="$log.headers" http_call "$log" 201 POST "$url/v1/users" "$creds")"
+    shard="$(tr -d '\r' <"$log.headers" | awk -F': *' 'tolower($1) == "x-shard" { print $2 }')"
+    rm -f "$log.headers"
+    printf '  (X-Shard: %s, computed home shard: %s)\n' "${shard:-none}" "$expected" >>"$log"
+    [[ "$shard" == "$expected" ]] ||
+        die "set-up: $name's home shard is ${shard:-not in X-Shard}, computed $expected (src/slots.rs changed?)"
+    printf '%s' "$response"
+}
+
+# payments_setup LOG: on the fresh shardpay server, sign up the payer and log
+# in (sets ACCESS_TOKEN), sign up two payees (sets PAYEES: one on the payer's
+# home shard, one on another shard if there are several), deposit to the
+# payer, and check that one payment to each payee answers 201. LOG gets the
+# exchanges (tokens redacted).
+payments_setup() {
+    local log="$1" url="http://127.0.0.1:${PORT[shardpay]}" response payer_id
+    local -a candidates homes
+    read -r -a candidates <<<"$(echo $PAY_PAYEE_CANDIDATES)"
+    mapfile -t homes < <(home_shards "$SHARDS" "$PAY_PAYER" "${candidates[@]}")
+    ((${#homes[@]} == ${#candidates[@]} + 1)) || die "set-up: cannot compute home shards"
+    local payer_home="${homes[0]}" local_payee="" local_home="" remote_payee="" remote_home="" i
+    for ((i = 0; i < ${#candidates[@]}; i++)); do
+        local name="${candidates[i]}" home="${homes[i + 1]}"
+        if [[ -z "$local_payee" && "$home" == "$payer_home" ]]; then
+            local_payee="$name" local_home="$home"
+        elif [[ -z "$remote_payee" ]] && { ((SHARDS == 1)) || [[ "$home" != "$payer_home" ]]; }; then
+            # With one shard every user is local: the second payee is too.
+            remote_payee="$name" remote_home="$home"
+        fi
+    done
+    [[ -n "$local_payee" && -n "$remote_payee" ]] ||
+        die "set-up: no payee candidates on the payer's shard $payer_home and another one (of $SHARDS)"
+    PAYEES=("$local_payee" "$remote_payee")
+
+    : >"$log.tmp"
+    printf 'payer %s (home shard %s), payees %s (home shard %s) and %s (home shard %s), %s shard(s)\n' \
+        "$PAY_PAYER" "$payer_home" "$local_payee" "$local_home" "$remote_payee" "$remote_home" \
+        "$SHARDS" >>"$log.tmp"
+    response="$(signup_on "$log.tmp" "$url" "$PAY_PAYER" "$payer_home")"
+    payer_id="$(json_field id <<<"$response")" || die "set-up: no user id in the signup answer: $response"
+    signup_on "$log.tmp" "$url" "$local_payee" "$local_home" >/dev/null
+    signup_on "$log.tmp" "$url" "$remote_payee" "$remote_home" >/dev/null
+    response="$(http_call "$log.tmp" 201 POST "$url/v1/sessions" \
+        "$(printf '{"username":"%s","password":"%s"}' "$PAY_PAYER" "$BENCH_PASSWORD")")"
+    ACCESS_TOKEN="$(json_field access_token <<<"$response")" ||
+        die "set-up: no access_token in the login answer"
+    http_call "$log.tmp" 201 POST "$url/v1/deposits" \
+        "$(printf '{"user_id":"%s","amount":%s,"currency":"%s"}' "$payer_id" "$PAY_DEPOSIT_MINOR" "$BENCH_CURRENCY")" \
+        "Authorization: Bearer $BENCH_ADMIN_KEY" "Idempotency-Key: bench-pay" >/dev/null
+    local payee n=0
+    for payee in "${PAYEES[@]}"; do
+        n=$((n + 1))
+        http_call "$log.tmp" 201 POST "$url/v1/payments" \
+            "$(printf '{"to":"%s","amount":1,"currency":"%s"}' "$payee" "$BENCH_CURRENCY")" \
+            "Authorization: Bearer $ACCESS_TOKEN" "Idempotency-Key: bench-pay-check-$n" >/dev/null
+    done
+    redact_setup_log "$log.tmp" "$log"
+}
+
+# payments_check LOG WARMUP_OUT MEASURED_OUT: after the measured run, the
+# payer's balance must show at least as many payments as wrk counted (two
+# set-up checks, the warm-up, the measured run): fewer means that answers
+# were replayed for repeated idempotency keys, not new payments. Skipped when
+# a run got non-2xx answers (those fail the benchmark anyway). Appends the
+# figures to LOG.
+payments_check() {
+    local log="$1" warmup_out="$2" out="$3" url="http://127.0.0.1:${PORT[shardpay]}" status
+    status="$(curl -sS --max-time 5 -o "$log.body" -w '%{http_code}' \
+        -H "Authorization: Bearer $ACCESS_TOKEN" "$url/v1/balances")" ||
+        die "payments check: GET /v1/balances failed (curl)"
+    [[ "$status" == 200 ]] || die "payments check: GET /v1/balances answered $status: $(<"$log.body")"
+    python3 - "$log.body" "$warmup_out" "$out" "$PAY_DEPOSIT_MINOR" "$BENCH_CURRENCY" "$log" <<'PY' ||
+import json, re, sys
+
+body, warmup_out, out, deposit, currency, log = sys.argv[1:]
+available = next((b["available"] for b in json.load(open(body))["data"]
+                  if b["currency"] == currency), 0)
+debited = int(deposit) - available
+counted, non_2xx = 2, 0  # the two set-up payments
+for path in (warmup_out, out):
+    text = open(path).read()
+    counted += int(re.search(r"^\s*(\d+) requests in ", text, re.M)[1])
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    non_2xx += int(m[1]) if m else 0
+line = (f"after the measured run: {debited} payments debited from the payer, "
+        f"{counted} answers counted (set-up, warm-up, measured)")
+with open(log, "a") as f:
+    f.write(line + "\n")
+if not non_2xx and debited < counted:
+    sys.exit(f"{line}: answers were replayed (repeated idempotency keys)")
+PY
+        die "payments check failed (see $log)"
+    rm -f "$log.body"
 }
 
 # run_wrk TARGET TEST SECONDS OUTFILE
 run_wrk() {
     local target="$1" test="$2" seconds="$3" out="$4" path
     local url="http://127.0.0.1:${PORT[$target]}"
-    local -a script=() header=() shown_header=()
+    local -a script=() header=() shown_header=() args=() shown_args=()
     case "$test" in
         plaintext) path=/plaintext ;;
         json) path=/json ;;
@@ -383,17 +574,25 @@ run_wrk() {
             path=/v1/balances
             header=(-H "Authorization: Bearer $ACCESS_TOKEN")
             shown_header=(-H "'Authorization: Bearer <access token>'") ;;
+        payments)
+            [[ -n "$ACCESS_TOKEN" && ${#PAYEES[@]} -eq 2 ]] || die "payments: set-up not run"
+            # The path is the script's; the run tag keeps the warm-up's and
+            # the measured run's idempotency keys apart.
+            path=/v1/payments
+            script=(-s bench/wrk/payments.lua)
+            args=(-- "$ACCESS_TOKEN" "${PAYEES[@]}" "$PAY_RUN_TAG")
+            shown_args=(-- "'<access token>'" "${PAYEES[@]}" "$PAY_RUN_TAG") ;;
     esac
+    if [[ "$test" == pipelined ]]; then
+        args=(-- "$PIPELINE_DEPTH")
+        shown_args=("${args[@]}")
+    fi
     local -a cmd=(taskset -c "$WRK_CPU" wrk -t1 "-c$CONNECTIONS" "-d${seconds}s" --latency
-        "${header[@]+"${header[@]}"}" "${script[@]+"${script[@]}"}" "$url$path")
-    if [[ "$test" == pipelined ]]; then
-        cmd+=(-- "$PIPELINE_DEPTH")
-    fi
+        "${header[@]+"${header[@]}"}" "${script[@]+"${script[@]}"}" "$url$path"
+        "${args[@]+"${args[@]}"}")
     local -a shown=(taskset -c "$WRK_CPU" wrk -t1 "-c$CONNECTIONS" "-d${seconds}s" --latency
-        "${shown_header[@]+"${shown_header[@]}"}" "${script[@]+"${script[@]}"}" "$url$path")
-    if [[ "$test" == pipelined ]]; then
-        shown+=(-- "$PIPELINE_DEPTH")
-    fi
+        "${shown_header[@]+"${shown_header[@]}"}" "${script[@]+"${script[@]}"}" "$url$path"
+        "${shown_args[@]+"${shown_args[@]}"}")
     echo "\$ ${shown[*]}" >"$out"
     timeout --kill-after=5 $((seconds + 30)) "${cmd[@]}" >>"$out" 2>&1 ||
         die "wrk failed for $target/$test (see $out)"
@@ -442,13 +641,19 @@ measure_run() {
     start_server "$target" "$log"
 
     ACCESS_TOKEN=""
+    PAYEES=()
     if [[ "$test" == balances ]]; then
         echo ">> $tag: set-up (signup, login, deposit)" >&2
         balances_setup "$dir/$target-$test.setup.txt"
+    elif [[ "$test" == payments ]]; then
+        echo ">> $tag: set-up (payer and payees, login, deposit, two payments)" >&2
+        payments_setup "$dir/$target-$test.setup.txt"
     fi
 
     echo ">> $tag: warm-up ${WARMUP_S}s" >&2
+    PAY_RUN_TAG="r${round}s${seq}w"
     run_wrk "$target" "$test" "$WARMUP_S" "$dir/$target-$test.warmup.txt"
+    PAY_RUN_TAG="r${round}s${seq}m"
 
     local count_before="" count_after=""
     if [[ "$target" == bare-glommio ]]; then
@@ -466,15 +671,19 @@ measure_run() {
     if [[ "$target" == bare-glommio ]]; then
         count_after="$(server_response_count "$SERVER_PID" "$log")"
     fi
+    if [[ "$test" == payments ]]; then
+        payments_check "$dir/$target-$test.setup.txt" "$dir/$target-$test.warmup.txt" "$out"
+    fi
 
     python3 - "$out" "$target" "$test" "$CONNECTIONS" "$DURATION" \
         "$ticks_before" "$ticks_after" "$CLK_TCK" "$count_before" "$count_after" \
         "$core_before" "$core_after" "$round" "$seq" "$dir/$target-$test.warmup.txt" \
+        "$( [[ "$target" == shardpay ]] && echo "$SHARDS" || true)" \
         >>"$RUNS_JSONL" <<'PY'
 import json, re, sys
 
 (out, target, test, conns, duration, t0, t1, clk, c0, c1, k0, k1, rnd, seq,
- warmup_out) = sys.argv[1:]
+ warmup_out, shards) = sys.argv[1:]
 (u0, s0), (u1, s1) = ([int(x) for x in t.split()] for t in (t0, t1))
 clk = int(clk)
 text = open(out).read()
@@ -521,6 +730,8 @@ print(json.dumps({
     "seq": int(seq),  # position in the whole run, 1-based
     "target": target,
     "test": test,
+    # shardpay's --shards (all on the server's CPU); None for the peers.
+    "shards": int(shards) if shards else None,
     "connections": int(conns),
     "duration_s": int(duration),
     "requests": requests,
@@ -573,11 +784,11 @@ if [[ -n "$(git status --porcelain 2>/dev/null | head -n1)" ]]; then GIT_REV+=" 
 
 python3 - "$RUNS_JSONL" "$BASE.json" "$BASE.md" "$COMMAND_LINE" "$DAY" "$ENV_LINE" "$GIT_REV" \
     "$SERVER_CPU" "$WRK_CPU" "$PIPELINE_DEPTH" "$WARMUP_S" "$RAW_DIR" "$ROUNDS" \
-    "$TARGETS" "$TESTS" <<'PY'
+    "$TARGETS" "$TESTS" "$SHARDS" <<'PY'
 import json, statistics, sys
 
 (runs_path, json_path, md_path, cmdline, day, env, rev, scpu, wcpu, depth, warm, raw,
- rounds, targets_arg, tests_arg) = sys.argv[1:]
+ rounds, targets_arg, tests_arg, shards_arg) = sys.argv[1:]
 rounds = int(rounds)
 targets = targets_arg.split(",")
 tests = tests_arg.split(",")
@@ -609,6 +820,7 @@ for target, test in pairs:
     summary.append({
         "target": target,
         "test": test,
+        "shards": rs[0].get("shards"),
         "connections": rs[0]["connections"],
         "duration_s": rs[0]["duration_s"],
         "requests": None if req is None else int(req),
@@ -649,16 +861,34 @@ if "balances" in tests:
              "peers have no such route). Before its warm-up each run signs the user up, logs "
              "in and deposits with the admin key (not measured); config/bench.toml raises "
              "the per-user request limit so that the one user is not throttled.")
+if "payments" in tests:
+    L.append("")
+    L.append("payments = `POST /v1/payments` (`bench/wrk/payments.lua`), 1 USD per request from "
+             "one payer, each request with a new `Idempotency-Key`, alternating between a payee "
+             "on the payer's home shard and, with more than one shard, a payee on another "
+             "shard (half the payments cross-shard; with one shard, both local); against "
+             "shardpay only. Before its warm-up each run signs up the payer and the payees, "
+             "logs in, deposits with the admin key and checks one payment to each payee (not "
+             "measured); after it, the payer's balance must show at least as many payments as "
+             "wrk counted answers (no replayed key).")
 L.append("")
 L.append(f"Machine: {env}. Git: {rev}.")
+if "shardpay" in targets:
+    L.append(f"shardpay: {shards_arg} shard{'s' if shards_arg != '1' else ''} "
+             f"(`--shards {shards_arg} --cpus {scpu}`: all on CPU {scpu}).")
 L.append(f"Server on CPU {scpu}, `taskset -c {wcpu} wrk -t1` on CPU {wcpu}; "
          f"{warm} s warm-up before each measured run; pipelined = depth {depth}. "
          f"Raw outputs: `{raw}/round-K/`.")
 L.append("")
-L.append("| target | test | conns | duration (s) | rounds | requests/s | p50 (ms) | p99 (ms) "
+L.append("| target | shards | test | conns | duration (s) | rounds | requests/s | p50 (ms) | p99 (ms) "
          "| server CPU (µs/req) | min–max | user | sys | server CPU busy "
          f"| other load on CPU {scpu} (max) | wrk errors (all runs) |")
-L.append("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+L.append("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+
+def shards_cell(r):
+    # Older runs.jsonl lack the key; the peers have no shards.
+    return "—" if r.get("shards") is None else str(r["shards"])
+
 any_disturbed = False
 
 def bad_responses(r):
@@ -679,7 +909,7 @@ for s in summary:
     if other_max > OTHER_LIMIT:
         any_disturbed = True
         flag = " ⚠²"
-    L.append(f"| {s['target']} | {s['test']} | {s['connections']} | {s['duration_s']} "
+    L.append(f"| {s['target']} | {shards_cell(s)} | {s['test']} | {s['connections']} | {s['duration_s']} "
              f"| {s['rounds']} | {fmt(s['requests_per_sec'], '.0f')} "
              f"| {fmt(s['latency_p50_ms'], '.3f', 'n/a¹')} | {fmt(s['latency_p99_ms'], '.3f', 'n/a¹')} "
              f"| {fmt(s['server_cpu_us_per_request'], '.3f')} | {rng} "
@@ -755,6 +985,10 @@ line = ratio_line("shardpay balances / shardpay json", "balances ÷ json",
                   ("shardpay", "balances"), ("shardpay", "json"))
 if line:
     ratio_lines.append(line)
+line = ratio_line("shardpay payments / shardpay json", "payments ÷ json",
+                  ("shardpay", "payments"), ("shardpay", "json"))
+if line:
+    ratio_lines.append(line)
 L.append("")
 L.append("Server CPU-µs per request, ratios, each taken within one round and test "
          "(both runs in the same round), median [min–max] over rounds:")
@@ -765,7 +999,7 @@ if ratio_lines:
     L.extend(ratio_lines)
 else:
     L.append("(none: needs two of shardpay, bare-glommio and actix together, or shardpay's "
-             "balances and json tests together)")
+             "balances or payments test together with its json test)")
 
 checks = [r for r in runs if r["server_responses"] is not None]
 if checks:
@@ -799,11 +1033,11 @@ if disturbed:
 L.append("")
 L.append("All runs, in the order they ran:")
 L.append("")
-L.append("| # | round | target | test | requests/s | server CPU (µs/req) | user | sys "
+L.append("| # | round | target | shards | test | requests/s | server CPU (µs/req) | user | sys "
          "| server CPU busy | other load | wrk errors |")
-L.append("|--:|--:|---|---|--:|--:|--:|--:|--:|--:|--:|")
+L.append("|--:|--:|---|--:|---|--:|--:|--:|--:|--:|--:|--:|")
 for r in runs:
-    L.append(f"| {r['seq']} | {r['round']} | {r['target']} | {r['test']} "
+    L.append(f"| {r['seq']} | {r['round']} | {r['target']} | {shards_cell(r)} | {r['test']} "
              f"| {r['requests_per_sec']:.0f} | {fmt(r['server_cpu_us_per_request'], '.3f')} "
              f"| {fmt(r['server_user_us_per_request'], '.3f')} "
              f"| {fmt(r['server_sys_us_per_request'], '.3f')} "
