@@ -1396,3 +1396,50 @@ fn every_issued_access_token_is_distinct() {
     let response = login(server.port, "tess", PASSWORD);
     assert_eq!(response.header("cache-control"), Some("no-store"));
 }
+
+/// Password hashing is bounded per shard: beyond the running and queued hashes, signup and login
+/// answer 503 `overloaded` with `Retry-After` instead of queueing without limit — and recover.
+#[test]
+fn password_hashing_beyond_the_queue_is_refused_with_503() {
+    let server = start(
+        1,
+        &[
+            ("SHARDPAY_AUTH_PASSWORD_HASHES_IN_FLIGHT_MAX", "1"),
+            ("SHARDPAY_AUTH_PASSWORD_HASH_QUEUE_MAX", "0"),
+            // Real cost, so hashes overlap.
+            ("SHARDPAY_AUTH_PASSWORD_MEMORY_KIB", "19456"),
+            ("SHARDPAY_AUTH_PASSWORD_ITERATIONS", "2"),
+        ],
+    );
+    let port = server.port;
+    let threads: Vec<_> = (0..12)
+        .map(|n| {
+            std::thread::spawn(move || {
+                let body = format!(r#"{{"username":"crowd{n}","password":"{PASSWORD}"}}"#);
+                common::post(port, "/v1/users", &[], &body)
+            })
+        })
+        .collect();
+    let responses: Vec<Response> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let refused: Vec<&Response> = responses.iter().filter(|r| r.status == 503).collect();
+    assert!(responses.iter().all(|r| r.status == 201 || r.status == 503));
+    assert!(
+        !refused.is_empty(),
+        "twelve concurrent hashes with one slot and no queue"
+    );
+    for response in &refused {
+        assert_eq!(response.json()["error"]["code"], "overloaded");
+        assert_eq!(response.header("retry-after"), Some("1"));
+    }
+    // Once the crowd has passed, hashing works again.
+    assert_eq!(
+        common::post(
+            port,
+            "/v1/users",
+            &[],
+            &format!(r#"{{"username":"later","password":"{PASSWORD}"}}"#)
+        )
+        .status,
+        201
+    );
+}
