@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use crate::auth::state::{AuthError, AuthState, Command, Event, RevokeReason, TokenHash};
 use crate::config::{AuthConfig, MoneyConfig};
-use crate::payments::idempotency::{self, Begin, Fingerprint, Scope};
+use crate::payments::idempotency::{self, Begin, Change, Fingerprint, Scope};
 use crate::payments::ledger::{self, Currency, Ledger, LedgerError, Payment, Transfer};
 use crate::ratelimit::Limiter;
 use crate::slots::Slot;
@@ -452,14 +452,15 @@ impl Home {
                 key,
                 fingerprint,
                 now_ms,
-            } => UserReply::Idempotency(self.idempotency.begin(&scope, &key, fingerprint, now_ms)),
+            } => UserReply::Idempotency(self.claim(&scope, &key, fingerprint, now_ms)),
             UserCommand::IdempotencyComplete {
                 scope,
                 key,
                 status,
                 body,
             } => {
-                self.idempotency.complete(&scope, &key, status, body);
+                let change = self.idempotency.decide_complete(&scope, &key, status, body);
+                self.commit(Vec::new(), change.into_iter().collect());
                 UserReply::Done
             }
             UserCommand::ResolveUser { to } => {
@@ -485,8 +486,8 @@ impl Home {
                 let payee_local = self.is_local(payment.to.slot());
                 let scope = Scope::User(payment.from.clone());
                 let command = ledger::Command::Pay { payment, payee_local };
-                match self.commit_ledger(&command) {
-                    Ok(events) => self.after_transfer(&events, scope, key, answer, now_ms),
+                match self.ledger.decide(&command) {
+                    Ok(events) => self.after_transfer(events, scope, key, answer, now_ms),
                     Err(LedgerError::IdTaken) => UserReply::Refused(HomeError::IdCollision),
                     Err(error) => UserReply::Refused(HomeError::Ledger(error)),
                 }
@@ -512,8 +513,8 @@ impl Home {
                     amount: Some(amount),
                     payer_local,
                 };
-                match self.commit_ledger(&command) {
-                    Ok(events) => self.after_transfer(&events, scope, key, answer, now_ms),
+                match self.ledger.decide(&command) {
+                    Ok(events) => self.after_transfer(events, scope, key, answer, now_ms),
                     Err(LedgerError::IdTaken) => UserReply::Refused(HomeError::IdCollision),
                     Err(error) => UserReply::Refused(HomeError::Ledger(error)),
                 }
@@ -618,12 +619,11 @@ impl Home {
                 UserReply::Done
             }
             UserAction::Balances => UserReply::Balances(self.ledger.balances_of(&user)),
-            UserAction::BeginIdempotent { key, fingerprint } => UserReply::Idempotency(
-                self.idempotency
-                    .begin(&Scope::User(user), &key, fingerprint, now_ms),
-            ),
+            UserAction::BeginIdempotent { key, fingerprint } => {
+                UserReply::Idempotency(self.claim(&Scope::User(user), &key, fingerprint, now_ms))
+            }
             UserAction::GetPayment(id) => match self.ledger.payment(&id, &user) {
-                Some(payment) => UserReply::Payment(Box::new(self.shown(payment))),
+                Some(payment) => UserReply::Payment(Box::new(payment.clone())),
                 None => UserReply::Refused(HomeError::Ledger(LedgerError::PaymentNotFound)),
             },
             UserAction::ListPayments {
@@ -636,7 +636,7 @@ impl Home {
                     }
                 }
                 let (page, more) = self.ledger.payments_of(&user, starting_after.as_deref(), limit);
-                UserReply::Payments(page.into_iter().map(|p| self.shown(p)).collect(), more)
+                UserReply::Payments(page.into_iter().cloned().collect(), more)
             }
             UserAction::RefundAmount { payment, amount } => match self.ledger.payment(&payment, &user) {
                 Some(found) if found.to == user => {
@@ -673,13 +673,7 @@ impl Home {
     /// Decides a ledger command, stores its events, then applies them.
     fn commit_ledger(&mut self, command: &ledger::Command) -> Result<Vec<ledger::Event>, LedgerError> {
         let events = self.ledger.decide(command)?;
-        if !events.is_empty() {
-            let records: Vec<Record> = events.iter().cloned().map(Record::Ledger).collect();
-            self.log.append(&records);
-            for event in &events {
-                self.ledger.apply(event);
-            }
-        }
+        self.commit(events.clone(), Vec::new());
         Ok(events)
     }
 
@@ -688,16 +682,12 @@ impl Home {
         slot.shard(self.shards) == self.shard
     }
 
-    /// A payment as shown to its parties.
-    fn shown(&self, payment: &Payment) -> Payment {
-        payment.clone()
-    }
-
-    /// After a payment or refund: complete the key at once when it was local, or keep the answer
+    /// After a payment or refund was decided: log its events, and — when it was local — the
+    /// key's answer with them, in one append, then apply; a cross-shard one keeps its answer
     /// until the other shard acknowledges the transfer the caller must now send.
     fn after_transfer(
         &mut self,
-        events: &[ledger::Event],
+        events: Vec<ledger::Event>,
         scope: Scope,
         key: String,
         answer: Vec<u8>,
@@ -710,15 +700,44 @@ impl Home {
         });
         match transfer {
             None => {
-                self.idempotency.complete(&scope, &key, 201, answer);
+                let completion = self.idempotency.decide_complete(&scope, &key, 201, answer);
+                self.commit(events, completion.into_iter().collect());
                 UserReply::Done
             }
             Some(transfer) => {
+                self.commit(events, Vec::new());
                 self.last_sent.insert(transfer.id().to_string(), now_ms);
                 self.pending
                     .insert(transfer.id().to_string(), PendingAnswer { scope, key, answer });
                 UserReply::Transfer(transfer)
             }
+        }
+    }
+
+    /// Claims or looks up an idempotency key, logging a claim before applying it.
+    fn claim(&mut self, scope: &Scope, key: &str, fingerprint: Fingerprint, now_ms: u64) -> Begin {
+        let (begin, change) = self.idempotency.decide_begin(scope, key, fingerprint, now_ms);
+        self.commit(Vec::new(), change.into_iter().collect());
+        begin
+    }
+
+    /// Logs ledger events and idempotency changes in one append, then applies them.
+    fn commit(&mut self, events: Vec<ledger::Event>, changes: Vec<Change>) {
+        if events.is_empty() && changes.is_empty() {
+            return;
+        }
+        let records: Vec<Record> = events
+            .iter()
+            .cloned()
+            .map(Record::Ledger)
+            .chain(changes.iter().cloned().map(Record::Idempotency))
+            .collect();
+        self.log.append(&records);
+        for event in &events {
+            self.ledger.apply(event);
+        }
+        for change in &changes {
+            self.idempotency.apply(change);
         }
     }
 }
@@ -900,6 +919,19 @@ mod tests {
             amount_refunded: 0,
             created_at_ms: 6,
         };
+        let claimed = home.execute(UserCommand::Authenticated {
+            user: alice.clone(),
+            session: "ses_1".into(),
+            now_ms: 6,
+            action: UserAction::BeginIdempotent {
+                key: "k".into(),
+                fingerprint: [3; 32],
+            },
+        });
+        assert!(
+            matches!(claimed, UserReply::Idempotency(Begin::Proceed)),
+            "{claimed:?}"
+        );
         let paid = home.execute(UserCommand::Pay {
             payment,
             key: "k".into(),
@@ -926,12 +958,30 @@ mod tests {
         assert!(records.len() >= 7, "{records:?}");
         let mut auth = AuthState::new();
         let mut ledger = Ledger::new();
+        let mut keys = idempotency::Store::new(3_600_000, 100);
         for record in &records {
             match record {
                 Record::Auth(event) => auth.apply(event),
                 Record::Ledger(event) => ledger.apply(event),
+                Record::Idempotency(change) => keys.apply(change),
             }
         }
+        // The payment's key was completed in the same append as its ledger events.
+        let pay_at = records
+            .iter()
+            .position(|r| matches!(r, Record::Ledger(ledger::Event::PaidLocally(_))));
+        let done_at = records
+            .iter()
+            .position(|r| matches!(r, Record::Idempotency(Change::Completed { .. })));
+        assert_eq!(done_at, pay_at.map(|at| at + 1), "{records:?}");
+        // And the rebuilt store replays the stored answer.
+        assert_eq!(
+            keys.begin(&Scope::User(alice.clone()), "k", [3; 32], 9),
+            Begin::Replay {
+                status: 201,
+                body: b"{}".to_vec()
+            }
+        );
         assert_eq!(ledger, home.ledger);
         assert_eq!(ledger.balance(&alice, usd), 80);
         assert_eq!(auth.user_by_username("bob"), home.auth.user_by_username("bob"));

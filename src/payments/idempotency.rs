@@ -10,13 +10,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use serde::{Deserialize, Serialize};
+
 use crate::slots::UserId;
 
 /// Longest key, in characters (visible ASCII).
 pub const KEY_CHARS_MAX: usize = 255;
 
 /// Whose key it is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Scope {
     /// An authenticated user.
     User(UserId),
@@ -45,6 +47,41 @@ pub enum Begin {
     Reused,
     /// Every slot holds a live key: 503, retry later.
     Full,
+}
+
+/// A change to the store: the unit of the log, so keys and their answers survive with the
+/// events they belong to. Expiry is not logged: it follows from the times in the changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// A new key was claimed for a request.
+    Claimed {
+        /// Whose key.
+        scope: Scope,
+        /// The key.
+        key: String,
+        /// The request.
+        fingerprint: Fingerprint,
+        /// When it may be forgotten, Unix milliseconds.
+        expires_at_ms: u64,
+    },
+    /// The request's final answer.
+    Completed {
+        /// Whose key.
+        scope: Scope,
+        /// The key.
+        key: String,
+        /// Status to replay.
+        status: u16,
+        /// Body to replay.
+        body: Vec<u8>,
+    },
+    /// The request ended without a final answer (5xx): the key is free again.
+    Released {
+        /// Whose key.
+        scope: Scope,
+        /// The key.
+        key: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,49 +133,113 @@ impl Store {
         self.entries.is_empty()
     }
 
-    /// Looks a request up, claiming the key for it when it is new.
-    pub fn begin(&mut self, scope: &Scope, key: &str, fingerprint: Fingerprint, now_ms: u64) -> Begin {
+    /// Looks a request up. A new key comes back as [`Begin::Proceed`] with the [`Change`] that
+    /// claims it, for the caller to log and [`Store::apply`].
+    pub fn decide_begin(
+        &mut self,
+        scope: &Scope,
+        key: &str,
+        fingerprint: Fingerprint,
+        now_ms: u64,
+    ) -> (Begin, Option<Change>) {
         self.expire(now_ms);
         let id = (scope.clone(), key.to_string());
         if let Some(entry) = self.entries.get(&id) {
             if entry.fingerprint != fingerprint {
-                return Begin::Reused;
+                return (Begin::Reused, None);
             }
-            return match &entry.state {
+            let begin = match &entry.state {
                 State::Running => Begin::InUse,
                 State::Done { status, body } => Begin::Replay {
                     status: *status,
                     body: body.clone(),
                 },
             };
+            return (begin, None);
         }
         if self.entries.len() >= self.entries_max {
-            return Begin::Full;
+            return (Begin::Full, None);
         }
-        let expires_at_ms = now_ms.saturating_add(self.retention_ms);
-        self.expiry
-            .insert((expires_at_ms, scope.clone(), key.to_string()));
-        self.entries.insert(
-            id,
-            Entry {
-                fingerprint,
-                state: State::Running,
-                expires_at_ms,
-            },
-        );
-        Begin::Proceed
+        let change = Change::Claimed {
+            scope: scope.clone(),
+            key: key.to_string(),
+            fingerprint,
+            expires_at_ms: now_ms.saturating_add(self.retention_ms),
+        };
+        (Begin::Proceed, Some(change))
     }
 
-    /// Stores the final answer of a request that [`Begin::Proceed`]ed. A 5xx is not final: the key
-    /// is released instead, so a retry executes again.
-    pub fn complete(&mut self, scope: &Scope, key: &str, status: u16, body: Vec<u8>) {
-        if status >= 500 {
-            self.abandon(scope, key);
-            return;
+    /// The change that stores a claimed key's final answer — or, for a 5xx, releases the key so
+    /// a retry executes again. `None` when the key is not claimed.
+    pub fn decide_complete(&self, scope: &Scope, key: &str, status: u16, body: Vec<u8>) -> Option<Change> {
+        let entry = self.entries.get(&(scope.clone(), key.to_string()))?;
+        if entry.state != State::Running {
+            return None;
         }
-        if let Some(entry) = self.entries.get_mut(&(scope.clone(), key.to_string())) {
-            debug_assert_eq!(entry.state, State::Running, "a key is completed once");
-            entry.state = State::Done { status, body };
+        Some(if status >= 500 {
+            Change::Released {
+                scope: scope.clone(),
+                key: key.to_string(),
+            }
+        } else {
+            Change::Completed {
+                scope: scope.clone(),
+                key: key.to_string(),
+                status,
+                body,
+            }
+        })
+    }
+
+    /// Applies a change decided earlier (or replayed from the log).
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::Claimed {
+                scope,
+                key,
+                fingerprint,
+                expires_at_ms,
+            } => {
+                self.expiry.insert((*expires_at_ms, scope.clone(), key.clone()));
+                self.entries.insert(
+                    (scope.clone(), key.clone()),
+                    Entry {
+                        fingerprint: *fingerprint,
+                        state: State::Running,
+                        expires_at_ms: *expires_at_ms,
+                    },
+                );
+            }
+            Change::Completed {
+                scope,
+                key,
+                status,
+                body,
+            } => {
+                if let Some(entry) = self.entries.get_mut(&(scope.clone(), key.clone())) {
+                    entry.state = State::Done {
+                        status: *status,
+                        body: body.clone(),
+                    };
+                }
+            }
+            Change::Released { scope, key } => self.abandon(scope, key),
+        }
+    }
+
+    /// Decides and applies in one step, without a log (tests, and callers that log nothing).
+    pub fn begin(&mut self, scope: &Scope, key: &str, fingerprint: Fingerprint, now_ms: u64) -> Begin {
+        let (begin, change) = self.decide_begin(scope, key, fingerprint, now_ms);
+        if let Some(change) = change {
+            self.apply(&change);
+        }
+        begin
+    }
+
+    /// Stores the final answer of a request that [`Begin::Proceed`]ed (a 5xx releases the key).
+    pub fn complete(&mut self, scope: &Scope, key: &str, status: u16, body: Vec<u8>) {
+        if let Some(change) = self.decide_complete(scope, key, status, body) {
+            self.apply(&change);
         }
     }
 

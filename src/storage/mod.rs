@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::auth::state::Event as AuthEvent;
+use crate::payments::idempotency::Change as IdempotencyChange;
 use crate::payments::ledger::Event as LedgerEvent;
 
 /// One logged fact: an event of one of the shard's state machines.
@@ -20,6 +21,8 @@ pub enum Record {
     Auth(AuthEvent),
     /// Money.
     Ledger(LedgerEvent),
+    /// Idempotency keys and their stored answers.
+    Idempotency(IdempotencyChange),
 }
 
 /// A shard's log.
