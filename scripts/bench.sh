@@ -42,6 +42,19 @@
 # against the X-Shard header of each signup. Ratio: "shardpay payments /
 # shardpay json" of the same round.
 #
+# Where wrk connects (--via), for shardpay's balances and payments only: by
+# default (public) to the public port, where SO_REUSEPORT spreads the
+# connections over the shards, so with N shards about (N-1)/N of these
+# user-scoped requests arrive on a shard that is not the user's home and are
+# forwarded over the mesh. "home" connects to the shard-aware port of the
+# benchmark user's home shard (the payer's, for payments): no request is
+# forwarded. "other" connects to the shard-aware port of the shard after the
+# home shard (home + 1 mod N; needs --shards 2 or more): every request is
+# forwarded. The home shard is computed from the user id of the signup answer
+# (usr_ + the slot in 4 hex digits; shard = the last i with
+# floor(i*16384/N) <= slot, as src/slots.rs) and checked against the X-Shard
+# header of that answer. Every other test, and the peers, use the public port.
+#
 # Every response must be 2xx (or 3xx): wrk's "Non-2xx or 3xx responses" count
 # of the measured run goes into the "wrk errors" column, and any such response
 # (warm-up included) is flagged in the tables and makes the script exit 1 once
@@ -49,7 +62,7 @@
 #
 # Usage: scripts/bench.sh [--rounds N] [--duration S] [--targets LIST]
 #                         [--tests LIST] [--connections N] [--shards N]
-#                         [--name NAME] [--no-build]
+#                         [--via public|home|other] [--name NAME] [--no-build]
 #   --rounds N        rounds of the whole matrix (default 3)
 #   --duration S      seconds per measured run (default 10)
 #   --targets LIST    comma list of shardpay,bare-glommio,actix (default all)
@@ -61,6 +74,10 @@
 #                     CPU (--shards N --cpus 1: the server stays on one core,
 #                     and cross-shard work shows as CPU per request); its
 #                     shard-aware ports are 7100..7100+N-1
+#   --via WHERE       where wrk connects for shardpay's balances and payments:
+#                     public (default: the public port), home (the shard-aware
+#                     port of the user's home shard) or other (that of another
+#                     shard; needs --shards >= 2); other tests: public port
 #   --name NAME       results name (default server-core)
 #   --no-build        do not run cargo build
 #
@@ -96,6 +113,7 @@ TARGETS="shardpay,bare-glommio,actix"
 TESTS="plaintext,json,pipelined"
 CONNECTIONS=64
 SHARDS=1
+VIA="public" # balances and payments: public, home or other (--via)
 SHARD_PORT_BASE=7100 # shardpay's shard-aware ports: SHARD_PORT_BASE + 0..SHARDS-1
 SHARD_COUNT_MAX=1024 # the server's limit (SHARD_COUNT_LIMIT in src/config.rs)
 NAME="server-core"
@@ -135,6 +153,8 @@ while [[ $# -gt 0 ]]; do
         --connections=*) CONNECTIONS="${1#*=}"; shift ;;
         --shards) need_value "$@"; SHARDS="$2"; shift 2 ;;
         --shards=*) SHARDS="${1#*=}"; shift ;;
+        --via) need_value "$@"; VIA="$2"; shift 2 ;;
+        --via=*) VIA="${1#*=}"; shift ;;
         --name) need_value "$@"; NAME="$2"; shift 2 ;;
         --name=*) NAME="${1#*=}"; shift ;;
         --no-build) BUILD=0; shift ;;
@@ -149,6 +169,9 @@ done
 [[ "$SHARDS" =~ ^[1-9][0-9]*$ ]] && ((SHARDS <= SHARD_COUNT_MAX)) ||
     die "--shards must be an integer from 1 to $SHARD_COUNT_MAX"
 [[ "$NAME" =~ ^[A-Za-z0-9._-]+$ ]] || die "--name may only contain letters, digits, '.', '_' and '-'"
+case "$VIA" in public|home|other) ;; *) die "--via must be public, home or other" ;; esac
+[[ "$VIA" != other ]] || ((SHARDS >= 2)) ||
+    die "--via other needs --shards 2 or more (with one shard every shard is the home shard)"
 
 IFS=',' read -r -a TARGET_LIST <<<"$TARGETS"
 IFS=',' read -r -a TEST_LIST <<<"$TESTS"
@@ -185,6 +208,19 @@ for test in "${TEST_LIST[@]}"; do
     done
     ((applies)) || echo ">> note: $test runs against shardpay only, which is not among the targets: skipped" >&2
 done
+# Whether --via changes where wrk connects for TARGET / TEST.
+via_applies() {
+    [[ "$1" == shardpay && ("$2" == balances || "$2" == payments) ]]
+}
+if [[ "$VIA" != public ]]; then
+    applies=0
+    for test in "${TEST_LIST[@]}"; do
+        for target in "${TARGET_LIST[@]}"; do
+            if via_applies "$target" "$test"; then applies=1; fi
+        done
+    done
+    ((applies)) || echo ">> note: --via $VIA applies to shardpay's balances and payments only: ignored" >&2
+fi
 
 for tool in wrk taskset curl python3 getconf timeout; do
     command -v "$tool" >/dev/null || die "'$tool' not found (wrk: apt-get install -y wrk)"
@@ -213,6 +249,10 @@ BENCH_ADMIN_KEY="dev-admin-key-not-for-production" # config/bench.toml keeps the
 BENCH_DEPOSIT_MINOR=100000
 BENCH_CURRENCY="USD"
 ACCESS_TOKEN="" # set by balances_setup and payments_setup, used by run_wrk
+# Set by via_select (balances and payments set-ups): the benchmark user's home
+# shard, and the port wrk connects to (per --via).
+HOME_SHARD=""
+WRK_PORT=""
 
 # The payments test's set-up: the payer, candidate payee names (a local and a
 # remote one are picked from them per --shards), the payer's deposit (10^15,
@@ -393,16 +433,19 @@ print(v)' "$1"
 }
 
 # balances_setup LOG: on the fresh shardpay server, sign up the benchmark
-# user, log in (sets ACCESS_TOKEN) and deposit to it, then check that the
-# balance read answers 200 with a non-empty list. LOG gets the exchanges
+# user (sets HOME_SHARD and WRK_PORT, see via_select), log in (sets
+# ACCESS_TOKEN) and deposit to it, then check that the balance read answers
+# 200 with a non-empty list. LOG gets the exchanges
 # (tokens redacted).
 balances_setup() {
     local log="$1" url="http://127.0.0.1:${PORT[shardpay]}" response user_id
     local creds
     creds="$(printf '{"username":"%s","password":"%s"}' "$BENCH_USERNAME" "$BENCH_PASSWORD")"
     : >"$log.tmp"
-    response="$(http_call "$log.tmp" 201 POST "$url/v1/users" "$creds")"
+    response="$(HTTP_CALL_HEADERS="$log.headers" http_call "$log.tmp" 201 POST "$url/v1/users" "$creds")"
     user_id="$(json_field id <<<"$response")" || die "set-up: no user id in the signup answer: $response"
+    via_select "$log.tmp" "$BENCH_USERNAME" "$user_id" "$(x_shard_header "$log.headers")"
+    rm -f "$log.headers"
     response="$(http_call "$log.tmp" 201 POST "$url/v1/sessions" "$creds")"
     ACCESS_TOKEN="$(json_field access_token <<<"$response")" ||
         die "set-up: no access_token in the login answer"
@@ -458,6 +501,52 @@ for name in sys.argv[2:]:
 PY
 }
 
+# x_shard_header FILE: the X-Shard header in a file of response headers
+# (empty if there is none).
+x_shard_header() {
+    tr -d '\r' <"$1" | awk -F': *' 'tolower($1) == "x-shard" { print $2 }'
+}
+
+# home_shard_of_id SHARDS USER_ID: the home shard of a user id, from the slot
+# it carries (usr_ + 4 hex digits of slot + random, src/slots.rs): the last
+# shard i whose first slot, floor(i*16384/SHARDS), is at most the slot.
+home_shard_of_id() {
+    local shards="$1" id="$2" slot i
+    [[ "$id" =~ ^usr_([0-9a-f]{4})[0-9a-f]+$ ]] || return 1
+    slot=$((16#${BASH_REMATCH[1]}))
+    ((slot < 16384)) || return 1
+    for ((i = shards - 1; i >= 0; i--)); do
+        if ((i * 16384 / shards <= slot)); then
+            echo "$i"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# via_select LOG USERNAME USER_ID X_SHARD: sets HOME_SHARD, the home shard of
+# the benchmark user USER_ID (computed from its id, checked against X_SHARD,
+# the X-Shard header of its signup answer), and WRK_PORT, where wrk connects
+# per --via: the public port, the home shard's shard-aware port, or that of
+# the next shard (home + 1 mod SHARDS). Appends the choice to LOG.
+via_select() {
+    local log="$1" name="$2" id="$3" x_shard="$4" other
+    HOME_SHARD="$(home_shard_of_id "$SHARDS" "$id")" ||
+        die "set-up: cannot read a slot from $name's user id '$id'"
+    [[ "$x_shard" == "$HOME_SHARD" ]] ||
+        die "set-up: $name's home shard is ${x_shard:-not in X-Shard}, computed $HOME_SHARD from its id $id (src/slots.rs changed?)"
+    case "$VIA" in
+        public) WRK_PORT="${PORT[shardpay]}" ;;
+        home) WRK_PORT=$((SHARD_PORT_BASE + HOME_SHARD)) ;;
+        other)
+            other=$(((HOME_SHARD + 1) % SHARDS))
+            ((other != HOME_SHARD)) || die "--via other: no shard other than the home shard"
+            WRK_PORT=$((SHARD_PORT_BASE + other)) ;;
+    esac
+    printf 'via %s: wrk connects to port %s (%s: user id %s, home shard %s, X-Shard %s)\n' \
+        "$VIA" "$WRK_PORT" "$name" "$id" "$HOME_SHARD" "$x_shard" >>"$log"
+}
+
 # signup_on LOG URL USERNAME EXPECTED_SHARD: signs USERNAME up (201), checks
 # that the X-Shard of the answer (the user's home shard) is EXPECTED_SHARD,
 # prints the signup answer.
@@ -466,7 +555,7 @@ signup_on() {
     local creds
     creds="$(printf '{"username":"%s","password":"%s"}' "$name" "$BENCH_PASSWORD")"
     response="$(HTTP_CALL_HEADERS="$log.headers" http_call "$log" 201 POST "$url/v1/users" "$creds")"
-    shard="$(tr -d '\r' <"$log.headers" | awk -F': *' 'tolower($1) == "x-shard" { print $2 }')"
+    shard="$(x_shard_header "$log.headers")"
     rm -f "$log.headers"
     printf '  (X-Shard: %s, computed home shard: %s)\n' "${shard:-none}" "$expected" >>"$log"
     [[ "$shard" == "$expected" ]] ||
@@ -474,8 +563,9 @@ signup_on() {
     printf '%s' "$response"
 }
 
-# payments_setup LOG: on the fresh shardpay server, sign up the payer and log
-# in (sets ACCESS_TOKEN), sign up two payees (sets PAYEES: one on the payer's
+# payments_setup LOG: on the fresh shardpay server, sign up the payer (sets
+# HOME_SHARD and WRK_PORT, see via_select) and log in (sets ACCESS_TOKEN),
+# sign up two payees (sets PAYEES: one on the payer's
 # home shard, one on another shard if there are several), deposit to the
 # payer, and check that one payment to each payee answers 201. LOG gets the
 # exchanges (tokens redacted).
@@ -505,6 +595,8 @@ payments_setup() {
         "$SHARDS" >>"$log.tmp"
     response="$(signup_on "$log.tmp" "$url" "$PAY_PAYER" "$payer_home")"
     payer_id="$(json_field id <<<"$response")" || die "set-up: no user id in the signup answer: $response"
+    # signup_on checked that the answer's X-Shard is payer_home.
+    via_select "$log.tmp" "$PAY_PAYER" "$payer_id" "$payer_home"
     signup_on "$log.tmp" "$url" "$local_payee" "$local_home" >/dev/null
     signup_on "$log.tmp" "$url" "$remote_payee" "$remote_home" >/dev/null
     response="$(http_call "$log.tmp" 201 POST "$url/v1/sessions" \
@@ -560,10 +652,15 @@ PY
     rm -f "$log.body"
 }
 
-# run_wrk TARGET TEST SECONDS OUTFILE
+# run_wrk TARGET TEST SECONDS OUTFILE: wrk against the target's public port,
+# or for shardpay's balances and payments against WRK_PORT (per --via).
 run_wrk() {
-    local target="$1" test="$2" seconds="$3" out="$4" path
-    local url="http://127.0.0.1:${PORT[$target]}"
+    local target="$1" test="$2" seconds="$3" out="$4" path port="${PORT[$1]}"
+    if via_applies "$target" "$test"; then
+        [[ -n "$WRK_PORT" ]] || die "$test: no port to connect to (set-up not run)"
+        port="$WRK_PORT"
+    fi
+    local url="http://127.0.0.1:${port}"
     local -a script=() header=() shown_header=() args=() shown_args=()
     case "$test" in
         plaintext) path=/plaintext ;;
@@ -642,6 +739,8 @@ measure_run() {
 
     ACCESS_TOKEN=""
     PAYEES=()
+    HOME_SHARD=""
+    WRK_PORT=""
     if [[ "$test" == balances ]]; then
         echo ">> $tag: set-up (signup, login, deposit)" >&2
         balances_setup "$dir/$target-$test.setup.txt"
@@ -679,11 +778,14 @@ measure_run() {
         "$ticks_before" "$ticks_after" "$CLK_TCK" "$count_before" "$count_after" \
         "$core_before" "$core_after" "$round" "$seq" "$dir/$target-$test.warmup.txt" \
         "$( [[ "$target" == shardpay ]] && echo "$SHARDS" || true)" \
+        "$(if via_applies "$target" "$test"; then echo "$VIA"; elif [[ "$target" == shardpay ]]; then echo public; fi)" \
+        "$(via_applies "$target" "$test" && echo "$WRK_PORT" || echo "${PORT[$target]}")" \
+        "$HOME_SHARD" \
         >>"$RUNS_JSONL" <<'PY'
 import json, re, sys
 
 (out, target, test, conns, duration, t0, t1, clk, c0, c1, k0, k1, rnd, seq,
- warmup_out, shards) = sys.argv[1:]
+ warmup_out, shards, via, wrk_port, home_shard) = sys.argv[1:]
 (u0, s0), (u1, s1) = ([int(x) for x in t.split()] for t in (t0, t1))
 clk = int(clk)
 text = open(out).read()
@@ -732,6 +834,14 @@ print(json.dumps({
     "test": test,
     # shardpay's --shards (all on the server's CPU); None for the peers.
     "shards": int(shards) if shards else None,
+    # Where wrk connected (--via): "public" (the public port), "home" (the
+    # shard-aware port of the benchmark user's home shard) or "other" (that of
+    # another shard); only shardpay's balances and payments follow --via, its
+    # other tests are "public"; None for the peers.
+    "via": via or None,
+    "wrk_port": int(wrk_port),
+    # balances and payments: the benchmark user's (payer's) home shard.
+    "home_shard": int(home_shard) if home_shard else None,
     "connections": int(conns),
     "duration_s": int(duration),
     "requests": requests,
@@ -784,11 +894,11 @@ if [[ -n "$(git status --porcelain 2>/dev/null | head -n1)" ]]; then GIT_REV+=" 
 
 python3 - "$RUNS_JSONL" "$BASE.json" "$BASE.md" "$COMMAND_LINE" "$DAY" "$ENV_LINE" "$GIT_REV" \
     "$SERVER_CPU" "$WRK_CPU" "$PIPELINE_DEPTH" "$WARMUP_S" "$RAW_DIR" "$ROUNDS" \
-    "$TARGETS" "$TESTS" "$SHARDS" <<'PY'
+    "$TARGETS" "$TESTS" "$SHARDS" "$VIA" "${PORT[shardpay]}" "$SHARD_PORT_BASE" <<'PY'
 import json, statistics, sys
 
 (runs_path, json_path, md_path, cmdline, day, env, rev, scpu, wcpu, depth, warm, raw,
- rounds, targets_arg, tests_arg, shards_arg) = sys.argv[1:]
+ rounds, targets_arg, tests_arg, shards_arg, via_arg, public_port, shard_port_base) = sys.argv[1:]
 rounds = int(rounds)
 targets = targets_arg.split(",")
 tests = tests_arg.split(",")
@@ -821,6 +931,7 @@ for target, test in pairs:
         "target": target,
         "test": test,
         "shards": rs[0].get("shards"),
+        "via": rs[0].get("via"),
         "connections": rs[0]["connections"],
         "duration_s": rs[0]["duration_s"],
         "requests": None if req is None else int(req),
@@ -876,18 +987,45 @@ L.append(f"Machine: {env}. Git: {rev}.")
 if "shardpay" in targets:
     L.append(f"shardpay: {shards_arg} shard{'s' if shards_arg != '1' else ''} "
              f"(`--shards {shards_arg} --cpus {scpu}`: all on CPU {scpu}).")
+via_runs = [r for r in runs if r["target"] == "shardpay" and r["test"] in ("balances", "payments")]
+if via_runs:
+    ports = sorted({r.get("wrk_port") for r in via_runs if r.get("wrk_port") is not None})
+    homes = sorted({r.get("home_shard") for r in via_runs if r.get("home_shard") is not None})
+    where = {
+        "public": f"the public port {public_port}, where SO_REUSEPORT spreads the connections "
+                  "over the shards (with several shards, requests that land off the user's home "
+                  "shard are forwarded over the mesh)",
+        "home": "the shard-aware port of the benchmark user's home shard (the payer's for "
+                "payments): no request is forwarded",
+        "other": "the shard-aware port of a shard that is not the benchmark user's home shard "
+                 "(the payer's for payments; the next shard, home + 1 mod shards): every request "
+                 "is forwarded over the mesh",
+    }[via_arg]
+    L.append(f"Via: **{via_arg}** (`--via {via_arg}`): for shardpay's balances and payments, wrk "
+             f"connects to {where}; port{'s' if len(ports) != 1 else ''} "
+             f"{', '.join(map(str, ports)) or 'n/a'}, home shard{'s' if len(homes) != 1 else ''} "
+             f"{', '.join(map(str, homes)) or 'n/a'} (from the user id's slot, checked against "
+             "X-Shard). Other tests connect to the public port.")
 L.append(f"Server on CPU {scpu}, `taskset -c {wcpu} wrk -t1` on CPU {wcpu}; "
          f"{warm} s warm-up before each measured run; pipelined = depth {depth}. "
          f"Raw outputs: `{raw}/round-K/`.")
 L.append("")
-L.append("| target | shards | test | conns | duration (s) | rounds | requests/s | p50 (ms) | p99 (ms) "
-         "| server CPU (µs/req) | min–max | user | sys | server CPU busy "
+L.append("| target | shards | test | via | conns | duration (s) | rounds | requests/s | p50 (ms) "
+         "| p99 (ms) | server CPU (µs/req) | min–max | user | sys | server CPU busy "
          f"| other load on CPU {scpu} (max) | wrk errors (all runs) |")
-L.append("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+L.append("|---|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 
 def shards_cell(r):
     # Older runs.jsonl lack the key; the peers have no shards.
     return "—" if r.get("shards") is None else str(r["shards"])
+
+def via_cell(r, port=False):
+    # Older runs.jsonl lack the key; the peers have only their public port.
+    if r.get("via") is None:
+        return "—"
+    if port and r.get("wrk_port") is not None:
+        return f"{r['via']} (:{r['wrk_port']})"
+    return r["via"]
 
 any_disturbed = False
 
@@ -909,7 +1047,8 @@ for s in summary:
     if other_max > OTHER_LIMIT:
         any_disturbed = True
         flag = " ⚠²"
-    L.append(f"| {s['target']} | {shards_cell(s)} | {s['test']} | {s['connections']} | {s['duration_s']} "
+    L.append(f"| {s['target']} | {shards_cell(s)} | {s['test']} | {via_cell(s)} | {s['connections']} "
+             f"| {s['duration_s']} "
              f"| {s['rounds']} | {fmt(s['requests_per_sec'], '.0f')} "
              f"| {fmt(s['latency_p50_ms'], '.3f', 'n/a¹')} | {fmt(s['latency_p99_ms'], '.3f', 'n/a¹')} "
              f"| {fmt(s['server_cpu_us_per_request'], '.3f')} | {rng} "
@@ -1033,11 +1172,12 @@ if disturbed:
 L.append("")
 L.append("All runs, in the order they ran:")
 L.append("")
-L.append("| # | round | target | shards | test | requests/s | server CPU (µs/req) | user | sys "
-         "| server CPU busy | other load | wrk errors |")
-L.append("|--:|--:|---|--:|---|--:|--:|--:|--:|--:|--:|--:|")
+L.append("| # | round | target | shards | test | via (port) | requests/s | server CPU (µs/req) "
+         "| user | sys | server CPU busy | other load | wrk errors |")
+L.append("|--:|--:|---|--:|---|---|--:|--:|--:|--:|--:|--:|--:|")
 for r in runs:
     L.append(f"| {r['seq']} | {r['round']} | {r['target']} | {shards_cell(r)} | {r['test']} "
+             f"| {via_cell(r, port=True)} "
              f"| {r['requests_per_sec']:.0f} | {fmt(r['server_cpu_us_per_request'], '.3f')} "
              f"| {fmt(r['server_user_us_per_request'], '.3f')} "
              f"| {fmt(r['server_sys_us_per_request'], '.3f')} "
