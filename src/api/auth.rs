@@ -37,7 +37,7 @@ const REFRESH_RANDOM_BYTES: usize = 32;
 /// `rt_` + 4 hex digits of slot + base64url of the random bytes.
 const REFRESH_TOKEN_LENGTH: usize = 3 + 4 + 43;
 /// Times a freshly drawn id may collide before the request fails.
-const ID_DRAWS_MAX: usize = 3;
+pub(super) const ID_DRAWS_MAX: usize = 3;
 
 /// What the auth routes of one shard need.
 pub struct Auth {

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::auth::{hex, mesh_failure, now_ms, random, refused_error, unexpected, Answer, Failure};
+use super::auth::{
+    hex, mesh_failure, now_ms, random, refused_error, unexpected, Answer, Failure, ID_DRAWS_MAX,
+};
 use super::error::{self, ApiError, ErrorType};
 use super::json::{parse_body, rfc3339};
 use crate::config::MoneyConfig;
@@ -20,9 +22,6 @@ use crate::payments::idempotency::{valid_key, Begin, Scope};
 use crate::payments::ledger::{Currency, AMOUNT_MAX};
 use crate::shard::Shard;
 use crate::slots::{Slot, UserId};
-
-/// Times a freshly drawn deposit id may collide before the request fails.
-const ID_DRAWS_MAX: usize = 3;
 
 /// What the money routes of one shard need.
 pub struct Money {
@@ -123,10 +122,7 @@ pub async fn deposit(
     let key = idempotency_key_of(idempotency_key)?;
     let key_slot = Slot::of_bytes(key.as_bytes());
     let key_shard = shard.home_of(key_slot);
-    let mut hasher = Sha256::new();
-    hasher.update(b"POST /v1/deposits\n");
-    hasher.update(body);
-    let fingerprint: [u8; 32] = hasher.finalize().into();
+    let fingerprint = fingerprint("POST /v1/deposits", body);
     let begin = UserCommand::IdempotencyBegin {
         scope: Scope::Admin,
         key: key.clone(),
@@ -179,21 +175,7 @@ pub async fn deposit(
 
 async fn execute_deposit(money: &Money, shard: &Shard, body: &[u8]) -> Result<(Vec<u8>, usize), Failure> {
     let request: DepositRequest = parse_body(body)?;
-    let amount = request
-        .amount
-        .as_u64()
-        .filter(|amount| (1..=AMOUNT_MAX).contains(amount))
-        .ok_or_else(|| {
-            Failure::from(
-                ApiError::new(
-                    422,
-                    ErrorType::InvalidRequestError,
-                    "invalid_amount",
-                    "amount is an integer number of minor units from 1 to 10^15.",
-                )
-                .with_param("amount"),
-            )
-        })?;
+    let amount = amount_of(&request.amount)?;
     let currency = money.currency(&request.currency)?;
     let user = UserId::parse(&request.user_id)
         .ok_or_else(|| Failure::from(refused_error(HomeError::UserNotFound).with_param("user_id")))?;
@@ -241,6 +223,32 @@ async fn execute_deposit(money: &Money, shard: &Shard, body: &[u8]) -> Result<(V
         "could not draw a free deposit id",
     )
     .into())
+}
+
+/// An amount field: an integer number of minor units from 1 to 10^15, else 422 `invalid_amount`.
+pub(super) fn amount_of(number: &serde_json::Number) -> Result<u64, Failure> {
+    number
+        .as_u64()
+        .filter(|amount| (1..=AMOUNT_MAX).contains(amount))
+        .ok_or_else(|| {
+            ApiError::new(
+                422,
+                ErrorType::InvalidRequestError,
+                "invalid_amount",
+                "amount is an integer number of minor units from 1 to 10^15.",
+            )
+            .with_param("amount")
+            .into()
+        })
+}
+
+/// What an idempotency key remembers of its request: the request line and a hash of the body.
+pub(super) fn fingerprint(request_line: &str, body: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(request_line.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(body);
+    hasher.finalize().into()
 }
 
 /// The `Idempotency-Key` header: required, 1 to 255 visible ASCII characters.

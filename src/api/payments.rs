@@ -9,25 +9,23 @@
 //! answer (201 and 4xx) is stored under the user's idempotency key and replayed byte for byte.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::auth::{
     hex, mesh_failure, now_ms, random, refused, unexpected, verify_bearer, Answer, Auth, Failure,
+    ID_DRAWS_MAX,
 };
 use super::error::{self, ApiError, ErrorType};
 use super::json::{parse_body, rfc3339};
-use super::money::{idempotency_key_of, idempotency_refusal, Money};
+use super::money::{amount_of, fingerprint, idempotency_key_of, idempotency_refusal, Money};
 use crate::home::{HomeError, UserAction, UserCommand, UserReply};
 use crate::payments::idempotency::Begin;
-use crate::payments::ledger::{Payment, Transfer, AMOUNT_MAX, DESCRIPTION_CHARS_MAX};
+use crate::payments::ledger::{Payment, Transfer, DESCRIPTION_CHARS_MAX};
 use crate::shard::Shard;
 use crate::slots::{Slot, UserId};
 
 /// Default and largest page of `GET /v1/payments`.
 const PAGE_DEFAULT: usize = 10;
 const PAGE_MAX: usize = 100;
-/// Times a freshly drawn id may collide before the request fails.
-const ID_DRAWS_MAX: usize = 3;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -248,10 +246,6 @@ async fn begin(
     let claims = verify_bearer(auth, authorization, now / 1000)?;
     let user = UserId::parse(&claims.sub).ok_or_else(|| refused(HomeError::NotAuthenticated, shard.id()))?;
     let key = idempotency_key_of(idempotency_key)?;
-    let mut hasher = Sha256::new();
-    hasher.update(request_line.as_bytes());
-    hasher.update(b"\n");
-    hasher.update(body);
     let slot = user.slot();
     let home = shard.home_of(slot);
     let command = UserCommand::Authenticated {
@@ -260,7 +254,7 @@ async fn begin(
         now_ms: now,
         action: UserAction::BeginIdempotent {
             key: key.clone(),
-            fingerprint: hasher.finalize().into(),
+            fingerprint: fingerprint(request_line, body),
         },
     };
     let began = match shard.invoke_on_home(slot, command).await.map_err(mesh_failure)? {
@@ -325,24 +319,6 @@ async fn finish(
             })
         }
     }
-}
-
-fn invalid_amount() -> Failure {
-    ApiError::new(
-        422,
-        ErrorType::InvalidRequestError,
-        "invalid_amount",
-        "amount is an integer number of minor units from 1 to 10^15.",
-    )
-    .with_param("amount")
-    .into()
-}
-
-fn amount_of(number: &serde_json::Number) -> Result<u64, Failure> {
-    number
-        .as_u64()
-        .filter(|amount| (1..=AMOUNT_MAX).contains(amount))
-        .ok_or_else(invalid_amount)
 }
 
 async fn execute_payment(
