@@ -519,10 +519,8 @@ impl Ledger {
                 match transfer {
                     Transfer::Payment(payment) => self.record(payment.clone(), &[&payment.to]),
                     Transfer::Refund { payment, amount, .. } => {
-                        if let Some(record) = self.payments.get_mut(payment) {
-                            record.amount_refunded += amount;
-                            assert!(record.amount_refunded <= record.amount, "refunded more than paid");
-                        }
+                        // The payer's copy of the payment, when this shard holds one.
+                        let _ = self.record_refund(payment, *amount);
                     }
                 }
             }
@@ -537,13 +535,9 @@ impl Ledger {
                 amount,
             } => {
                 self.used_ids.insert(refund.clone());
-                let record = self
-                    .payments
-                    .get_mut(payment)
+                let (from, to, currency) = self
+                    .record_refund(payment, *amount)
                     .expect("decided against a known payment");
-                record.amount_refunded += amount;
-                assert!(record.amount_refunded <= record.amount, "refunded more than paid");
-                let (from, to, currency) = (record.from.clone(), record.to.clone(), record.currency);
                 self.debit(&to, currency, *amount);
                 self.credit(&from, currency, *amount);
             }
@@ -554,13 +548,9 @@ impl Ledger {
                 transfer,
             } => {
                 self.used_ids.insert(refund.clone());
-                let record = self
-                    .payments
-                    .get_mut(payment)
+                let (_, to, currency) = self
+                    .record_refund(payment, *amount)
                     .expect("decided against a known payment");
-                record.amount_refunded += amount;
-                assert!(record.amount_refunded <= record.amount, "refunded more than paid");
-                let (to, currency) = (record.to.clone(), record.currency);
                 self.debit(&to, currency, *amount);
                 *self.debited_out.entry(currency).or_default() += u128::from(*amount);
                 self.push_outbox(transfer.clone());
@@ -617,6 +607,15 @@ impl Ledger {
             || self.payments.contains_key(id)
             || self.outbox_index.contains_key(id)
             || self.received.contains(id)
+    }
+
+    /// Adds a refund to a payment's `amount_refunded` (never beyond its amount) and returns its
+    /// payer, payee and currency; `None` if this shard holds no copy of the payment.
+    fn record_refund(&mut self, payment: &str, amount: u64) -> Option<(UserId, UserId, Currency)> {
+        let record = self.payments.get_mut(payment)?;
+        record.amount_refunded += amount;
+        assert!(record.amount_refunded <= record.amount, "refunded more than paid");
+        Some((record.from.clone(), record.to.clone(), record.currency))
     }
 
     fn credit(&mut self, user: &UserId, currency: Currency, amount: u64) {
