@@ -1,0 +1,117 @@
+//! The human-readable summary of a [`Report`]: a header, a table per request kind, CPU cost,
+//! and errors (loudly).
+
+use std::fmt::Write;
+
+use crate::run::Report;
+
+/// The summary printed at the end of a run.
+pub fn summary(report: &Report) -> String {
+    let mut out = String::new();
+    let mode = match report.rate_per_second {
+        Some(rate) => format!("open loop at {rate:.0} req/s"),
+        None => "closed loop".to_string(),
+    };
+    let cpus = if report.cpus.is_empty() {
+        "not pinned".to_string()
+    } else {
+        format!(
+            "CPU {}",
+            report
+                .cpus
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    };
+    let _ = writeln!(
+        out,
+        "shardpay-bench {}: {} ({}), {} connections x depth {}, {} thread(s) ({cpus}), {:.1} s after {:.1} s warm-up",
+        report.version, report.scenario, mode, report.connections, report.depth, report.threads,
+        report.duration_s, report.warmup_s,
+    );
+    let _ = write!(
+        out,
+        "target {}: {} shard(s), {}",
+        report.url,
+        report.shards,
+        if report.shard_aware {
+            "shard-aware (each user's home shard port)"
+        } else {
+            "public port"
+        },
+    );
+    if report.users > 0 {
+        let _ = write!(out, ", {} users", report.users);
+    }
+    if let Some(share) = report.payments_cross_shard_share {
+        let _ = write!(out, ", {:.0}% of payments cross-shard", share * 100.0);
+    }
+    let _ = writeln!(out, "\nmix: {}\n", report.mix);
+    let _ = writeln!(
+        out,
+        "{:<10} {:>10} {:>8} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "kind", "ok", "failed", "ok/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"
+    );
+    let mut row =
+        |name: &str, ok: u64, failed: u64, per_second: f64, latency: &crate::latency::LatencySummary| {
+            let _ = writeln!(
+                out,
+                "{name:<10} {ok:>10} {failed:>8} {per_second:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1}",
+                latency.p50, latency.p90, latency.p99, latency.p999, latency.max
+            );
+        };
+    if report.kinds.len() > 1 {
+        for (name, kind) in &report.kinds {
+            row(name, kind.ok, kind.failed, kind.ok_per_second, &kind.latency_us);
+        }
+    }
+    row(
+        "all",
+        report.ok,
+        report.failed,
+        report.requests_per_second,
+        &report.latency_us,
+    );
+    let _ = writeln!(out);
+    let cpu_line = |label: &str, cpu: &crate::run::CpuReport| match (
+        cpu.cpu_us_per_request,
+        cpu.user_us_per_request,
+        cpu.system_us_per_request,
+    ) {
+        (Some(total), Some(user), Some(system)) => format!(
+            "{label}: {total:.2} CPU-µs/request (user {user:.2}, system {system:.2}), {:.2} cores busy\n",
+            cpu.cores_busy
+        ),
+        _ => format!("{label}: no correct answers to divide by\n"),
+    };
+    out.push_str(&cpu_line("client", &report.client_cpu));
+    if let Some(server) = &report.server_cpu {
+        let label = format!("server (pid {})", server.pid.unwrap_or_default());
+        out.push_str(&cpu_line(&label, server));
+    }
+    if report.errors == 0 && report.ok > 0 {
+        out.push_str("errors: none\n");
+    }
+    out
+}
+
+/// The error section, for standard error; empty when the run had no errors and answers.
+pub fn errors(report: &Report) -> String {
+    let mut out = String::new();
+    if report.ok == 0 {
+        out.push_str("ERROR: no correct answer in the measured window\n");
+    }
+    if report.errors > 0 {
+        let _ = writeln!(
+            out,
+            "ERROR: {} error(s) during the run (warm-up included); the figures above are not valid:",
+            report.errors
+        );
+        for (kind, error) in &report.errors_by_kind {
+            let _ = writeln!(out, "  {kind:<22} {:>10}   first: {}", error.count, error.example);
+        }
+    }
+    out
+}
