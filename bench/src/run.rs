@@ -306,8 +306,9 @@ fn run_prefix() -> String {
 pub fn run(config: &RunConfig) -> Result<Report, RunError> {
     validate(config)?;
     let (address, host) = parse_url(&config.url)?;
-    let target = setup::discover(address, &host).map_err(RunError::Setup)?;
     let mix = config.scenario.mix(config.mix.clone());
+    let strict = config.shard_aware || mix.needs_users();
+    let target = setup::discover(address, &host, strict).map_err(RunError::Setup)?;
     if config.shard_aware && target.ranges.is_empty() {
         return Err(RunError::Config(
             "--shard-aware needs the server's cluster map (GET /v1/cluster), which this target does not have"

@@ -82,8 +82,10 @@ struct ClusterMap {
     ranges: Vec<ShardRange>,
 }
 
-/// Reads the cluster map; a server without `/v1/cluster` (404) is one shard.
-pub fn discover(address: SocketAddr, host: &str) -> Result<Target, SetupError> {
+/// Reads the cluster map; a server without `/v1/cluster` (404) is one shard. Unless `strict`
+/// (the run needs the map: users or shard-aware connections), a server that answers the path
+/// with something else (a bare benchmark loop answers every path alike) is one shard too.
+pub fn discover(address: SocketAddr, host: &str, strict: bool) -> Result<Target, SetupError> {
     let mut client = BlockingClient::new(address, host);
     let reply = client
         .request("GET", "/v1/cluster", &[], None)
@@ -95,6 +97,7 @@ pub fn discover(address: SocketAddr, host: &str) -> Result<Target, SetupError> {
         ranges: Vec::new(),
     };
     match reply.status {
+        200 if !strict && serde_json::from_slice::<ClusterMap>(&reply.body).is_err() => {}
         200 => {
             let map: ClusterMap = serde_json::from_slice(&reply.body).map_err(|error| {
                 SetupError(format!(
@@ -107,6 +110,7 @@ pub fn discover(address: SocketAddr, host: &str) -> Result<Target, SetupError> {
             target.ranges = map.ranges;
         }
         404 => {}
+        _ if !strict => {}
         status => {
             return Err(SetupError(format!(
                 "GET /v1/cluster answered {status}: {}",
