@@ -54,6 +54,7 @@ fn every_scenario_completes_without_errors() {
         let report = run(&config).unwrap_or_else(|error| panic!("{scenario}: {error}"));
         assert_eq!(report.scenario, scenario);
         assert_eq!(report.shards, 2, "from /v1/cluster");
+        assert_eq!(report.client_send_lag_us, None, "closed loop has no schedule");
         assert_clean(&report);
         if scenario == "mixed" {
             assert_eq!(report.kinds.len(), 5, "{:?}", report.kinds.keys());
@@ -86,6 +87,8 @@ fn open_loop_sends_at_the_requested_rate() {
     let report = run(&config).unwrap();
     assert_clean(&report);
     assert_eq!(report.mode, "open");
+    let lag = report.client_send_lag_us.expect("open loop reports its send lag");
+    assert!(lag.max >= lag.p50 && lag.p50 >= 1.0, "{lag:?}");
     // A schedule, not a race: the answers match the rate (the server is far from saturated).
     assert!(
         (3_600..=4_400).contains(&report.ok),

@@ -39,7 +39,8 @@ impl Latencies {
         Self { histogram }
     }
 
-    /// Records a request started (or due) at `start_ns` and answered at `end_ns`.
+    /// Records a request started (or due) at `start_ns` and answered at `end_ns`. Values below
+    /// the 1 µs resolution count as 1 µs.
     pub fn record(&mut self, start_ns: u64, end_ns: u64) {
         let latency = end_ns
             .saturating_sub(start_ns)

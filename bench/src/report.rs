@@ -91,6 +91,13 @@ pub fn summary(report: &Report) -> String {
         let label = format!("server (pid {})", server.pid.unwrap_or_default());
         out.push_str(&cpu_line(&label, server));
     }
+    if let Some(lag) = &report.client_send_lag_us {
+        let _ = writeln!(
+            out,
+            "client send lag (open loop, included in the latencies): p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+            lag.p50, lag.p99, lag.max
+        );
+    }
     if report.errors == 0 && report.ok > 0 {
         out.push_str("errors: none\n");
     }

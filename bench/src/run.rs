@@ -221,6 +221,9 @@ pub struct Report {
     pub server_cpu: Option<CpuReport>,
     /// Connections opened, reconnects included.
     pub connects: u64,
+    /// Open loop: how late requests were written after their due time, µs (1 µs resolution).
+    /// Latencies include this lag; a large one means the client could not keep its schedule.
+    pub client_send_lag_us: Option<LatencySummary>,
 }
 
 /// The host, port and address of an `http://` URL.
@@ -486,7 +489,9 @@ fn build_report(config: &RunConfig, target: &Target, mix: &Mix, users: usize, me
     let mut cross_shard = 0;
     let mut errors_by_kind: BTreeMap<String, ErrorReport> = BTreeMap::new();
     let mut connects = 0;
+    let mut send_lag = Latencies::new();
     for worker in &measured.workers {
+        send_lag.merge(&worker.send_lag);
         cross_shard += worker.payments_cross_shard;
         connects += worker.connects;
         for (name, error) in &worker.errors {
@@ -562,6 +567,7 @@ fn build_report(config: &RunConfig, target: &Target, mix: &Mix, users: usize, me
             .server_cpu
             .map(|time| cpu_report(config.server_pid, time)),
         connects,
+        client_send_lag_us: config.rate.map(|_| send_lag.summary()),
     }
 }
 

@@ -105,6 +105,8 @@ pub struct WorkerResult {
     pub payments_cross_shard: u64,
     /// Connections opened (including reconnects).
     pub connects: u64,
+    /// Open loop: how late each request of the measured window was written, after its due time.
+    pub send_lag: Latencies,
 }
 
 impl WorkerResult {
@@ -527,6 +529,9 @@ impl Worker {
             let Some(due) = schedule.take_due(now) else {
                 break;
             };
+            if now >= self.plan.measure_start_ns {
+                self.result.send_lag.record(due, now);
+            }
             self.push_request_at(index, due);
             issued = true;
         }
