@@ -1,98 +1,127 @@
 #!/usr/bin/env bash
-# Server-core benchmark: shardpay versus a bare glommio loop and actix-web,
-# each on ONE core (CPU 1), driven by wrk pinned to the other core (CPU 0).
+# Benchmark shardpay and its peers with shardpay-bench (bench/, our HTTP/1.1
+# load generator): the server pinned to --server-cpus, the client to
+# --client-cpus (disjoint), server CPU time read from /proc, scenarios run
+# over a sweep of shard counts and request rates, results as JSON, a Markdown
+# table and PNG charts.
 #
-# Every run: start the server fresh, a short warm-up run (not counted), the
-# measured wrk run, stop the server. The server's CPU time (utime + stime from
-# /proc/PID/stat) is read right before and right after the measured run,
-# giving server CPU-microseconds per request, the main figure of merit (on a
-# 2-core machine wrk itself may be the bottleneck, so requests/s alone can
-# hide differences).
+# Targets (--targets):
+#   shardpay      this server: --shards N --cpus SERVER_CPUS, config/bench.toml
+#   axum          bench/peers/axum: shardpay's API on tokio + axum, --threads N
+#   bare-glommio  bench/peers/bare-glommio: the floor, one glommio loop (1 core)
+#   actix         bench/peers/actix: actix-web, one worker (1 core)
+# Every server runs under `taskset -c SERVER_CPUS`, which pins all its
+# threads (shardpay's blocking password-hashing threads and tokio's blocking
+# pool included).
 #
-# The machine is noisy (CPU-us/request varies by 5-8% from run to run), so the
-# whole matrix is run --rounds times, interleaved so that a drift in machine
-# speed hits every target alike: for each round, for each test, for each
-# target, with the target order rotated every round (round 1: A B C, round 2:
-# B C A, round 3: C A B). Reported per (target, test): medians over rounds,
-# and the min-max of CPU-us/request; ratios are taken within a round and test
-# and reported as median [min-max] over rounds.
+# Scenarios (--scenarios), shardpay-bench's, each request checked (status and
+# body):
+#   plaintext  GET /plaintext                               every target
+#   json       GET /json                                    every target
+#   pipelined  plaintext, --pipeline-depth requests in flight per
+#              connection (HTTP/1.1 pipelining)             every target
+#   balance    GET /v1/balances with a user's access token  shardpay, axum
+#   payments   POST /v1/payments, 1 minor unit, a new
+#              Idempotency-Key per request                  shardpay, axum
+#   mixed      login=1,balance=30,me=30,payment=30,list=9   shardpay, axum
+#   signup     POST /v1/users (argon2 password hashing)     shardpay, axum
+# A scenario a target does not serve is skipped with a note. Before its
+# warm-up, each run signs up --users users, logs them in and funds them with
+# the admin key (not measured; new users every run, so runs never share
+# idempotency keys).
 #
-# The test "balances" is an authenticated read, GET /v1/balances with
-# "Authorization: Bearer <access token>", run against shardpay only (the peers
-# have no such route; their rows are simply absent). Before its warm-up, each
-# run signs up a user (POST /v1/users), logs in (POST /v1/sessions) and
-# deposits to it with the admin key (POST /v1/deposits), so the read returns a
-# non-empty list; config/bench.toml raises the per-user request limit so that
-# one user is not throttled. Its ratio to shardpay's own json run of the same
-# round ("shardpay balances / shardpay json") is in the ratio table.
+# Shards (--shards, a sweep): shardpay gets --shards N (all on SERVER_CPUS),
+# axum --threads N (tokio workers). bare-glommio and actix are single-core
+# peers: they run at the first shard count of the sweep only (recorded as 1),
+# and ratio tables compare them with every shard count of the others.
 #
-# The test "payments" is a money write, POST /v1/payments (bench/wrk/
-# payments.lua), against shardpay only: 1 USD per request from one payer,
-# alternating between two payees, each request with a new Idempotency-Key (a
-# repeated key would get the stored answer replayed, not a new payment).
-# Before its warm-up, each run signs up the payer "benchpayer" and logs in,
-# signs up two payees, one on the payer's home shard and, when the server has
-# several shards (--shards), one on another shard (so half the payments are
-# cross-shard; with one shard both are local), deposits 10^15 USD minor units
-# to the payer with the admin key, and checks that one payment to each payee
-# answers 201. After the measured run, the payer's balance must show at least
-# as many payments as wrk counted responses (else keys were replayed). Home
-# shards are computed as the server does (src/slots.rs: CRC16/XMODEM of the
-# username mod 16384, slots to shards in contiguous ranges) and checked
-# against the X-Shard header of each signup. Ratio: "shardpay payments /
-# shardpay json" of the same round.
+# Rates (--rates): "peak" is a closed-loop run (each connection sends its next
+# request when an answer arrives: maximum throughput). "P%" is an open-loop
+# run at P% of the peak requests/s measured in the same round for the same
+# target, scenario and shards (so the peak run is always made first when a %
+# is given). A plain number is an open-loop run at that many requests/s in
+# all. Open-loop latency is measured from each request's due time (no
+# coordinated omission); closed-loop percentiles describe only the requests
+# the client chose to send.
 #
-# Where wrk connects (--via), for shardpay's balances and payments only: by
-# default (public) to the public port, where SO_REUSEPORT spreads the
-# connections over the shards, so with N shards about (N-1)/N of these
-# user-scoped requests arrive on a shard that is not the user's home and are
-# forwarded over the mesh. "home" connects to the shard-aware port of the
-# benchmark user's home shard (the payer's, for payments): no request is
-# forwarded. "other" connects to the shard-aware port of the shard after the
-# home shard (home + 1 mod N; needs --shards 2 or more): every request is
-# forwarded. The home shard is computed from the user id of the signup answer
-# (usr_ + the slot in 4 hex digits; shard = the last i with
-# floor(i*16384/N) <= slot, as src/slots.rs) and checked against the X-Shard
-# header of that answer. Every other test, and the peers, use the public port.
+# One server per (round, scenario, shards, target): start it fresh, wait for
+# readiness, make the peak run and then the rate runs against it, stop it.
+# Each run is
+#   taskset -c CLIENT_CPUS target/release/shardpay-bench --cpus CLIENT_CPUS
+#       --url http://127.0.0.1:PORT --scenario S -c CONNECTIONS [-d DEPTH]
+#       [--rate R] --warmup W -D DURATION --users U --server-pid PID
+#       --json FILE -q
+# shardpay-bench reads the server's utime + stime (/proc/PID/stat, all
+# threads) at both ends of the measured window: server CPU-µs per request,
+# the figure of merit (on a 2-core machine the client itself can be the
+# limit, so requests/s alone can hide differences), split into user and
+# system time. It reports its own CPU-µs per request too, so the Markdown
+# gives the client's capacity (requests/s per client core).
 #
-# Every response must be 2xx (or 3xx): wrk's "Non-2xx or 3xx responses" count
-# of the measured run goes into the "wrk errors" column, and any such response
-# (warm-up included) is flagged in the tables and makes the script exit 1 once
-# the report is written.
+# The machine is noisy, so the whole matrix is run --rounds times,
+# interleaved so that a drift in machine speed hits every target alike: for
+# each round, each scenario, each shard count, each target, with the target
+# order rotated every round (round 1: A B C, round 2: B C A, ...). Reported
+# per (target, scenario, shards, rate): medians over rounds with min-max;
+# ratios between targets ("shardpay / axum" and every other pair present) of
+# server CPU-µs/req and of requests/s are taken within a round and reported
+# as median [min-max] over rounds.
 #
-# Usage: scripts/bench.sh [--rounds N] [--duration S] [--targets LIST]
-#                         [--tests LIST] [--connections N] [--shards N]
-#                         [--via public|home|other] [--name NAME] [--no-build]
-#   --rounds N        rounds of the whole matrix (default 3)
-#   --duration S      seconds per measured run (default 10)
-#   --targets LIST    comma list of shardpay,bare-glommio,actix (default all)
-#   --tests LIST      comma list of plaintext,json,pipelined,balances,payments
-#                     (default plaintext,json,pipelined; balances and
-#                     payments: shardpay only)
-#   --connections N   wrk connections (default 64)
-#   --shards N        shardpay's shards (default 1), all pinned to the server
-#                     CPU (--shards N --cpus 1: the server stays on one core,
-#                     and cross-shard work shows as CPU per request); its
-#                     shard-aware ports are 7100..7100+N-1
-#   --via WHERE       where wrk connects for shardpay's balances and payments:
-#                     public (default: the public port), home (the shard-aware
-#                     port of the user's home shard) or other (that of another
-#                     shard; needs --shards >= 2); other tests: public port
-#   --name NAME       results name (default server-core)
-#   --no-build        do not run cargo build
+# Other load: the busy time of the server CPUs (/proc/stat: user + nice +
+# system + irq + softirq) not spent in the server, over each run; more than
+# 5% of a core means another process disturbed the run (flagged in the
+# report).
 #
-# Time: every wrk run has a fixed duration, so a run takes rounds x targets x
-# tests x (S + 2 s warm-up) plus about 1 s per run for server start and stop:
-# the default (3 x 3 x 3 x 12 s = 324 s) takes about 6 minutes. balances adds
-# one run per round (shardpay only) and about 1 s of set-up per run (one
-# argon2 signup and one login); payments likewise, with about 2 s of set-up
-# (three signups, one login).
+# Errors: every answer is checked by shardpay-bench; any error (bad status or
+# body, connection failure, failed set-up, a server that died) is listed in
+# the report's errors section, and the script exits 1 once the report is
+# written. A server that does not start (or a port already in use) stops the
+# script at once with exit status 1; a bad command line exits 2.
 #
-# Results: bench/results/<YYYY-MM-DD>-<NAME>.json (summary array: one entry
-#              per target and test, with medians, "rounds" and "runs"),
-#          bench/results/<YYYY-MM-DD>-<NAME>.md   (tables, also printed),
-#          bench/results/<YYYY-MM-DD>-<NAME>/     (runs.jsonl, and per round
-#              round-K/: raw wrk outputs and server logs).
+# Usage: scripts/bench.sh [options]
+#   --targets LIST        shardpay,axum,bare-glommio,actix (default shardpay,axum)
+#   --scenarios LIST      plaintext,json,pipelined,balance,payments,mixed,signup
+#                         (default mixed,payments)
+#   --shards LIST         shard counts to sweep, e.g. 1,2,4 (default 1)
+#   --rates LIST          peak, P% (of the peak) or requests/s, e.g.
+#                         peak,50%,80% or 20000 (default peak)
+#   --rounds N            rounds of the whole matrix (default 3)
+#   --duration S          measured seconds per run (default 10)
+#   --warmup S            warm-up seconds per run, not measured (default 2)
+#   --connections N       client connections (default 64)
+#   --pipeline-depth N    requests in flight per connection for pipelined
+#                         (default 16)
+#   --users N             benchmark users set up per run (default 100)
+#   --shard-aware         shardpay only: connect each user's requests to its
+#                         home shard's port (no forwarding between shards)
+#   --cross-shard-ratio R share of payments to a user on another shard, 0 to 1
+#                         (default: payees at random)
+#   --server-cpus LIST    CPUs of the server, e.g. 1 or 2-3 (default 1)
+#   --client-cpus LIST    CPUs of the client, disjoint from the server's; one
+#                         client thread per CPU (default 0)
+#   --port-base P         public ports: shardpay P, bare-glommio P+1, actix P+2,
+#                         axum P+3 (default 8080)
+#   --shard-port-base Q   shardpay's shard-aware ports Q..Q+shards-1 (default 7100)
+#   --name NAME           results name (default bench)
+#   --no-build            do not run cargo build
+#   -h, --help            this text
+#
+# Time: every run takes warm-up + duration plus its set-up (about 0.3 s, and
+# for balance, payments and mixed about --users x 60 ms of password hashing
+# divided by the server CPUs), every server about 1 s to start and stop. The
+# script prints its estimate before starting; the default (3 rounds x 2
+# targets x 2 scenarios x 1 shard count x 1 rate = 12 runs of 12 s, 100
+# users) takes about 4 min.
+#
+# Results: bench/results/<YYYY-MM-DD>-<NAME>.json  summary: one entry per
+#              (target, scenario, shards, rate), medians over rounds and each
+#              round's figures,
+#          bench/results/<YYYY-MM-DD>-<NAME>.md    the tables (also printed),
+#          bench/results/<YYYY-MM-DD>-<NAME>-throughput.png, -latency.png,
+#          bench/results/<YYYY-MM-DD>-<NAME>/      runs.jsonl (one line per run:
+#              shardpay-bench's JSON report and what bench.sh knows), meta.txt,
+#              and per round round-K/: server logs, client outputs and reports.
+# Needs: cargo, taskset, curl, python3 (standard library only), timeout.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -100,30 +129,47 @@ cd "$ROOT"
 
 COMMAND_LINE="scripts/bench.sh"
 for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_./,=:+-]+$ ]]; then
+    if [[ "$arg" =~ ^[A-Za-z0-9_./,=:%+-]+$ ]]; then
         COMMAND_LINE+=" $arg"
     else
         COMMAND_LINE+=" '${arg//\'/\'\\\'\'}'"
     fi
 done
 
+TARGETS="shardpay,axum"
+SCENARIOS="mixed,payments"
+SHARDS="1"
+RATES="peak"
 ROUNDS=3
 DURATION=10
-TARGETS="shardpay,bare-glommio,actix"
-TESTS="plaintext,json,pipelined"
+WARMUP=2
 CONNECTIONS=64
-SHARDS=1
-VIA="public" # balances and payments: public, home or other (--via)
-SHARD_PORT_BASE=7100 # shardpay's shard-aware ports: SHARD_PORT_BASE + 0..SHARDS-1
-SHARD_COUNT_MAX=1024 # the server's limit (SHARD_COUNT_LIMIT in src/config.rs)
-NAME="server-core"
-BUILD=1
-WARMUP_S=2
 PIPELINE_DEPTH=16
-SERVER_CPU=1
-WRK_CPU=0
-READY_TIMEOUT_S=10
+USERS=100
+SHARD_AWARE=0
+CROSS_SHARD_RATIO=""
+SERVER_CPUS="1"
+CLIENT_CPUS="0"
+NAME="bench"
+BUILD=1
+
+PORT_BASE=8080       # public ports: PORT_BASE + 0 (shardpay), 1, 2, 3 (peers)
+SHARD_PORT_BASE=7100 # shardpay's shard-aware ports: SHARD_PORT_BASE + 0..shards-1
+SHARD_COUNT_MAX=1024 # shardpay's limit (SHARD_COUNT_LIMIT in src/config.rs)
+THREADS_MAX=1024     # axum's worker threads, same bound
+CONNECTIONS_MAX=100000 # shardpay-bench's CONNECTIONS_MAX
+DEPTH_MAX=1024         # shardpay-bench's DEPTH_MAX
+USERS_MAX=1000000      # shardpay-bench's USERS_MAX
+ROUNDS_MAX=100
+SECONDS_MAX=3600     # per warm-up or measured run
+RATE_PERCENT_MAX=1000
+READY_TIMEOUT_S=15
+STOP_TIMEOUT_S=5
 BUILD_TIMEOUT_S=3600
+SETUP_BUDGET_S=120   # client time beyond warm-up + duration before it is killed
+RUN_SETUP_MS=300     # estimate: a client run's start, discovery and exit
+USER_SETUP_MS=60     # estimate: signup, login and deposit of one user, per server CPU
+OTHER_LOAD_MAX=0.05  # fraction of a core: above it a run was disturbed
 
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -135,199 +181,361 @@ die() {
     exit 1
 }
 
+# A bad command line: the message, a hint, exit status 2.
+bad_arg() {
+    echo "bench.sh: $*" >&2
+    echo "bench.sh: see scripts/bench.sh --help" >&2
+    exit 2
+}
+
 need_value() {
-    [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"
+    [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || bad_arg "$1 needs a value"
 }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
+        --targets) need_value "$@"; TARGETS="$2"; shift 2 ;;
+        --targets=*) TARGETS="${1#*=}"; shift ;;
+        --scenarios) need_value "$@"; SCENARIOS="$2"; shift 2 ;;
+        --scenarios=*) SCENARIOS="${1#*=}"; shift ;;
+        --shards) need_value "$@"; SHARDS="$2"; shift 2 ;;
+        --shards=*) SHARDS="${1#*=}"; shift ;;
+        --rates) need_value "$@"; RATES="$2"; shift 2 ;;
+        --rates=*) RATES="${1#*=}"; shift ;;
         --rounds) need_value "$@"; ROUNDS="$2"; shift 2 ;;
         --rounds=*) ROUNDS="${1#*=}"; shift ;;
         --duration) need_value "$@"; DURATION="$2"; shift 2 ;;
         --duration=*) DURATION="${1#*=}"; shift ;;
-        --targets) need_value "$@"; TARGETS="$2"; shift 2 ;;
-        --targets=*) TARGETS="${1#*=}"; shift ;;
-        --tests) need_value "$@"; TESTS="$2"; shift 2 ;;
-        --tests=*) TESTS="${1#*=}"; shift ;;
+        --warmup) need_value "$@"; WARMUP="$2"; shift 2 ;;
+        --warmup=*) WARMUP="${1#*=}"; shift ;;
         --connections) need_value "$@"; CONNECTIONS="$2"; shift 2 ;;
         --connections=*) CONNECTIONS="${1#*=}"; shift ;;
-        --shards) need_value "$@"; SHARDS="$2"; shift 2 ;;
-        --shards=*) SHARDS="${1#*=}"; shift ;;
-        --via) need_value "$@"; VIA="$2"; shift 2 ;;
-        --via=*) VIA="${1#*=}"; shift ;;
+        --pipeline-depth) need_value "$@"; PIPELINE_DEPTH="$2"; shift 2 ;;
+        --pipeline-depth=*) PIPELINE_DEPTH="${1#*=}"; shift ;;
+        --users) need_value "$@"; USERS="$2"; shift 2 ;;
+        --users=*) USERS="${1#*=}"; shift ;;
+        --shard-aware) SHARD_AWARE=1; shift ;;
+        --cross-shard-ratio) need_value "$@"; CROSS_SHARD_RATIO="$2"; shift 2 ;;
+        --cross-shard-ratio=*) CROSS_SHARD_RATIO="${1#*=}"; shift ;;
+        --server-cpus) need_value "$@"; SERVER_CPUS="$2"; shift 2 ;;
+        --server-cpus=*) SERVER_CPUS="${1#*=}"; shift ;;
+        --client-cpus) need_value "$@"; CLIENT_CPUS="$2"; shift 2 ;;
+        --client-cpus=*) CLIENT_CPUS="${1#*=}"; shift ;;
         --name) need_value "$@"; NAME="$2"; shift 2 ;;
         --name=*) NAME="${1#*=}"; shift ;;
+        --port-base) need_value "$@"; PORT_BASE="$2"; shift 2 ;;
+        --port-base=*) PORT_BASE="${1#*=}"; shift ;;
+        --shard-port-base) need_value "$@"; SHARD_PORT_BASE="$2"; shift 2 ;;
+        --shard-port-base=*) SHARD_PORT_BASE="${1#*=}"; shift ;;
         --no-build) BUILD=0; shift ;;
         -h|--help) usage 0 ;;
-        *) echo "bench.sh: unknown argument: $1" >&2; usage 2 ;;
+        *) bad_arg "unknown argument: $1" ;;
     esac
 done
 
-[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer"
-[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer (seconds)"
-[[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || die "--connections must be a positive integer"
-[[ "$SHARDS" =~ ^[1-9][0-9]*$ ]] && ((SHARDS <= SHARD_COUNT_MAX)) ||
-    die "--shards must be an integer from 1 to $SHARD_COUNT_MAX"
-[[ "$NAME" =~ ^[A-Za-z0-9._-]+$ ]] || die "--name may only contain letters, digits, '.', '_' and '-'"
-case "$VIA" in public|home|other) ;; *) die "--via must be public, home or other" ;; esac
-[[ "$VIA" != other ]] || ((SHARDS >= 2)) ||
-    die "--via other needs --shards 2 or more (with one shard every shard is the home shard)"
+# ------------------------------------------------------------ validation --
 
-IFS=',' read -r -a TARGET_LIST <<<"$TARGETS"
-IFS=',' read -r -a TEST_LIST <<<"$TESTS"
-[[ ${#TARGET_LIST[@]} -gt 0 ]] || die "--targets is empty"
-[[ ${#TEST_LIST[@]} -gt 0 ]] || die "--tests is empty"
+# int_in_range VALUE MIN MAX: VALUE is a whole number (no leading zero) from MIN to MAX.
+int_in_range() { [[ "$1" =~ ^(0|[1-9][0-9]{0,8})$ ]] && (($1 >= $2 && $1 <= $3)); }
+# A number of seconds: 0 or more (warm-up) / more than 0 (duration), at most SECONDS_MAX.
+seconds_ok() {
+    [[ "$1" =~ ^[0-9]{1,6}(\.[0-9]{1,3})?$ ]] &&
+        python3 -c 'import sys; v = float(sys.argv[1]); sys.exit(0 if float(sys.argv[2]) <= v <= float(sys.argv[3]) and (v > 0 or sys.argv[2] == "0") else 1)' \
+            "$1" "$2" "$SECONDS_MAX"
+}
+
+int_in_range "$ROUNDS" 1 "$ROUNDS_MAX" || bad_arg "--rounds must be an integer from 1 to $ROUNDS_MAX"
+seconds_ok "$DURATION" 0.001 || bad_arg "--duration must be a number of seconds above 0, at most $SECONDS_MAX (e.g. 10 or 2.5)"
+seconds_ok "$WARMUP" 0 || bad_arg "--warmup must be a number of seconds from 0 to $SECONDS_MAX"
+int_in_range "$CONNECTIONS" 1 "$CONNECTIONS_MAX" ||
+    bad_arg "--connections must be an integer from 1 to $CONNECTIONS_MAX"
+int_in_range "$PIPELINE_DEPTH" 2 "$DEPTH_MAX" ||
+    bad_arg "--pipeline-depth must be an integer from 2 to $DEPTH_MAX"
+int_in_range "$USERS" 1 "$USERS_MAX" || bad_arg "--users must be an integer from 1 to $USERS_MAX"
+if [[ -n "$CROSS_SHARD_RATIO" ]]; then
+    [[ "$CROSS_SHARD_RATIO" =~ ^(0(\.[0-9]+)?|1(\.0+)?|\.[0-9]+)$ ]] ||
+        bad_arg "--cross-shard-ratio must be a number from 0 to 1 (e.g. 0.5)"
+fi
+int_in_range "$PORT_BASE" 1024 65532 ||
+    bad_arg "--port-base must be a port from 1024 to 65532 (it and the next three are used)"
+int_in_range "$SHARD_PORT_BASE" 1024 65535 ||
+    bad_arg "--shard-port-base must be a port from 1024 to 65535"
+[[ "$NAME" =~ ^[A-Za-z0-9._-]{1,100}$ && "$NAME" != .* ]] ||
+    bad_arg "--name may only contain letters, digits, '.', '_' and '-' (at most 100, not starting with '.')"
+
+# split_list NAME VALUE: the comma list VALUE into the array NAME, refusing
+# empty items and duplicates.
+split_list() {
+    local -n out="$1"
+    local option="$2" value="$3" item
+    [[ -n "$value" && "$value" != *,, && "$value" != ,* && "$value" != *, && "$value" != *,,* ]] ||
+        bad_arg "$option: empty item in '$value'"
+    IFS=',' read -r -a out <<<"$value"
+    [[ -z "$(printf '%s\n' "${out[@]}" | sort | uniq -d)" ]] || bad_arg "$option has duplicates: $value"
+    for item in "${out[@]}"; do
+        [[ -n "$item" ]] || bad_arg "$option: empty item in '$value'"
+    done
+}
+
+split_list TARGET_LIST --targets "$TARGETS"
+split_list SCENARIO_LIST --scenarios "$SCENARIOS"
+split_list SHARD_LIST --shards "$SHARDS"
+split_list RATE_LIST --rates "$RATES"
+
 for t in "${TARGET_LIST[@]}"; do
-    case "$t" in shardpay|bare-glommio|actix) ;; *) die "unknown target '$t' (shardpay, bare-glommio, actix)" ;; esac
+    case "$t" in shardpay|axum|bare-glommio|actix) ;;
+        *) bad_arg "unknown target '$t' (shardpay, axum, bare-glommio, actix)" ;; esac
 done
-for t in "${TEST_LIST[@]}"; do
-    case "$t" in plaintext|json|pipelined|balances|payments) ;; *) die "unknown test '$t' (plaintext, json, pipelined, balances, payments)" ;; esac
+for s in "${SCENARIO_LIST[@]}"; do
+    case "$s" in plaintext|json|pipelined|balance|payments|mixed|signup) ;;
+        *) bad_arg "unknown scenario '$s' (plaintext, json, pipelined, balance, payments, mixed, signup)" ;; esac
 done
-[[ $(printf '%s\n' "${TARGET_LIST[@]}" | sort | uniq -d) == "" ]] || die "--targets has duplicates"
-[[ $(printf '%s\n' "${TEST_LIST[@]}" | sort | uniq -d) == "" ]] || die "--tests has duplicates"
-
-# Whether TARGET serves TEST: balances and payments (authenticated shardpay
-# routes) run against shardpay only; every other test runs against every
-# target.
-test_applies() {
-    [[ ("$2" != balances && "$2" != payments) || "$1" == shardpay ]]
-}
-
-# Runs per round (checked here, before any results file is touched).
-RUNS_PER_ROUND=0
-for test in "${TEST_LIST[@]}"; do
-    for target in "${TARGET_LIST[@]}"; do
-        if test_applies "$target" "$test"; then RUNS_PER_ROUND=$((RUNS_PER_ROUND + 1)); fi
-    done
+SHARDS_MAX=0
+for n in "${SHARD_LIST[@]}"; do
+    int_in_range "$n" 1 "$SHARD_COUNT_MAX" || bad_arg "--shards: '$n' is not an integer from 1 to $SHARD_COUNT_MAX"
+    if ((n > SHARDS_MAX)); then SHARDS_MAX=$n; fi
 done
-((RUNS_PER_ROUND > 0)) || die "no test applies to the targets (balances and payments run against shardpay only)"
-for test in "${TEST_LIST[@]}"; do
-    applies=0
-    for target in "${TARGET_LIST[@]}"; do
-        if test_applies "$target" "$test"; then applies=1; fi
-    done
-    ((applies)) || echo ">> note: $test runs against shardpay only, which is not among the targets: skipped" >&2
+# The rates in the order they run: peak first whenever it is asked for or a % needs it.
+RUN_RATES=()
+HAS_PERCENT=0
+for r in "${RATE_LIST[@]}"; do
+    if [[ "$r" == peak ]]; then
+        continue
+    elif [[ "$r" =~ ^([0-9]{1,4}(\.[0-9]{1,2})?)%$ ]]; then
+        python3 -c 'import sys; v = float(sys.argv[1]); sys.exit(0 if 0 < v <= float(sys.argv[2]) else 1)' \
+            "${BASH_REMATCH[1]}" "$RATE_PERCENT_MAX" ||
+            bad_arg "--rates: '$r' must be above 0% and at most $RATE_PERCENT_MAX%"
+        HAS_PERCENT=1
+    elif [[ "$r" =~ ^[0-9]{1,9}(\.[0-9]{1,3})?$ ]]; then
+        python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)' "$r" ||
+            bad_arg "--rates: '$r' must be more than 0 requests/s"
+    else
+        bad_arg "--rates: '$r' is neither peak, a percentage of the peak (e.g. 50%) nor requests/s (e.g. 20000)"
+    fi
+    RUN_RATES+=("$r")
 done
-# Whether --via changes where wrk connects for TARGET / TEST.
-via_applies() {
-    [[ "$1" == shardpay && ("$2" == balances || "$2" == payments) ]]
-}
-if [[ "$VIA" != public ]]; then
-    applies=0
-    for test in "${TEST_LIST[@]}"; do
-        for target in "${TARGET_LIST[@]}"; do
-            if via_applies "$target" "$test"; then applies=1; fi
-        done
-    done
-    ((applies)) || echo ">> note: --via $VIA applies to shardpay's balances and payments only: ignored" >&2
+if [[ " ${RATE_LIST[*]} " == *" peak "* ]] || ((HAS_PERCENT)); then
+    RUN_RATES=(peak "${RUN_RATES[@]+"${RUN_RATES[@]}"}")
 fi
 
-for tool in wrk taskset curl python3 getconf timeout; do
-    command -v "$tool" >/dev/null || die "'$tool' not found (wrk: apt-get install -y wrk)"
+# expand_cpus NAME LIST: "0-2,5" into the array NAME (0 1 2 5); every CPU must be online.
+expand_cpus() {
+    local -n cpus_out="$1"
+    local option="$2" list="$3" part first last c
+    local -a parts
+    cpus_out=()
+    [[ "$list" =~ ^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$ ]] ||
+        bad_arg "$option: '$list' is not a CPU list (e.g. 1, 0-3 or 0,2)"
+    IFS=',' read -r -a parts <<<"$list"
+    for part in "${parts[@]}"; do
+        first="${part%-*}" last="${part#*-}"
+        ((10#$first <= 10#$last && 10#$last < 4096)) || bad_arg "$option: bad CPU range '$part'"
+        for ((c = 10#$first; c <= 10#$last; c++)); do
+            grep -q "^cpu$c " /proc/stat || bad_arg "$option: CPU $c is not online (online: $(online_cpus))"
+            [[ " ${cpus_out[*]} " != *" $c "* ]] || bad_arg "$option: CPU $c is listed twice"
+            cpus_out+=("$c")
+        done
+    done
+}
+online_cpus() { awk '$1 ~ /^cpu[0-9]+$/ { sub("cpu", "", $1); printf "%s%s", sep, $1; sep = "," }' /proc/stat; }
+
+expand_cpus SERVER_CPU_LIST --server-cpus "$SERVER_CPUS"
+expand_cpus CLIENT_CPU_LIST --client-cpus "$CLIENT_CPUS"
+for c in "${SERVER_CPU_LIST[@]}"; do
+    [[ " ${CLIENT_CPU_LIST[*]} " != *" $c "* ]] ||
+        bad_arg "--server-cpus $SERVER_CPUS and --client-cpus $CLIENT_CPUS share CPU $c: they must be disjoint, or the client's load would count as the server's"
+done
+# The canonical form taskset and both programs get.
+SERVER_CPUS="$(IFS=,; echo "${SERVER_CPU_LIST[*]}")"
+CLIENT_CPUS="$(IFS=,; echo "${CLIENT_CPU_LIST[*]}")"
+CLIENT_THREADS=${#CLIENT_CPU_LIST[@]}
+((CONNECTIONS >= CLIENT_THREADS)) ||
+    bad_arg "--connections $CONNECTIONS is fewer than the client's $CLIENT_THREADS threads (one per --client-cpus CPU)"
+
+# Whether TARGET serves SCENARIO: the API scenarios need shardpay's routes.
+serves() {
+    case "$2" in
+        plaintext|json|pipelined) return 0 ;;
+        *) [[ "$1" == shardpay || "$1" == axum ]] ;;
+    esac
+}
+single_core() { [[ "$1" == bare-glommio || "$1" == actix ]]; }
+# Scenarios whose runs sign users up, log them in and fund them first.
+needs_users() { [[ "$1" == balance || "$1" == payments || "$1" == mixed ]]; }
+
+NOTES=() # for the report
+note() {
+    echo ">> note: $*" >&2
+    NOTES+=("$*")
+}
+
+if ((HAS_PERCENT)) && [[ " ${RATE_LIST[*]} " != *" peak "* ]]; then
+    note "--rates has a percentage of the peak: every server's peak run is made first (and reported)"
+fi
+
+RUNS_PER_SERVER=${#RUN_RATES[@]}
+SERVERS_PER_ROUND=0
+RUNS_PER_ROUND=0
+ESTIMATE_PER_ROUND_S=0
+for s in "${SCENARIO_LIST[@]}"; do
+    served=0
+    for t in "${TARGET_LIST[@]}"; do
+        if ! serves "$t" "$s"; then
+            note "$t does not serve $s (the API scenarios need shardpay or axum): skipped"
+            continue
+        fi
+        served=1
+        for n in "${SHARD_LIST[@]}"; do
+            if single_core "$t" && [[ "$n" != "${SHARD_LIST[0]}" ]]; then continue; fi
+            SERVERS_PER_ROUND=$((SERVERS_PER_ROUND + 1))
+            RUNS_PER_ROUND=$((RUNS_PER_ROUND + RUNS_PER_SERVER))
+            setup_ms=$RUN_SETUP_MS
+            if needs_users "$s"; then
+                setup_ms=$((setup_ms + USERS * USER_SETUP_MS / ${#SERVER_CPU_LIST[@]}))
+            fi
+            ESTIMATE_PER_ROUND_S=$(python3 -c 'import sys; a, r, w, d, s = map(float, sys.argv[1:]); print(a + 1 + r * (w + d + s / 1000))' \
+                "$ESTIMATE_PER_ROUND_S" "$RUNS_PER_SERVER" "$WARMUP" "$DURATION" "$setup_ms")
+        done
+    done
+    ((served)) || note "no target among --targets serves $s"
+done
+((RUNS_PER_ROUND > 0)) || bad_arg "nothing to run: no target serves the scenarios (balance, payments, mixed and signup need shardpay or axum)"
+for t in "${TARGET_LIST[@]}"; do
+    if single_core "$t" && ((${#SHARD_LIST[@]} > 1)); then
+        note "$t is a single-core peer: it runs at the first shard count (${SHARD_LIST[0]}) only, recorded as 1 core"
+    fi
+done
+if ((SHARD_AWARE)) && [[ " ${TARGET_LIST[*]} " != *" shardpay "* ]]; then
+    note "--shard-aware applies to shardpay only, which is not among the targets: ignored"
+fi
+if ((SHARD_AWARE)) && ((CONNECTIONS < SHARDS_MAX)); then
+    bad_arg "--shard-aware needs at least one connection per shard: --connections $CONNECTIONS < $SHARDS_MAX shards"
+fi
+[[ " ${SCENARIO_LIST[*]} " != *" pipelined "* ]] || [[ "$PIPELINE_DEPTH" == 16 ]] ||
+    note "pipelined runs $PIPELINE_DEPTH requests deep per connection"
+
+for tool in cargo taskset curl python3 timeout getconf; do
+    command -v "$tool" >/dev/null || die "'$tool' not found"
 done
 CLK_TCK="$(getconf CLK_TCK)"
 
 # ---------------------------------------------------------------- targets --
 
-declare -A PORT=([shardpay]=8080 [bare-glommio]=8081 [actix]=8082)
-declare -A READY_PATH=([shardpay]=/readyz [bare-glommio]=/plaintext [actix]=/plaintext)
-declare -A PACKAGE=([shardpay]=shardpay [bare-glommio]=peer-bare-glommio [actix]=peer-actix)
+declare -A PORT=([shardpay]=$PORT_BASE [bare-glommio]=$((PORT_BASE + 1)) [actix]=$((PORT_BASE + 2))
+    [axum]=$((PORT_BASE + 3)))
+declare -A READY_PATH=([shardpay]=/readyz [axum]=/readyz [bare-glommio]=/plaintext [actix]=/plaintext)
+declare -A PACKAGE=([shardpay]=shardpay [axum]=peer-axum [bare-glommio]=peer-bare-glommio [actix]=peer-actix)
 
 # shardpay's shard-aware ports must not reach past the port range, nor into a
 # target's public port.
-SHARD_PORT_LAST=$((SHARD_PORT_BASE + SHARDS - 1))
-((SHARD_PORT_LAST <= 65535)) || die "--shards $SHARDS: shard-aware ports from $SHARD_PORT_BASE pass 65535"
-for p in "${PORT[@]}"; do
-    ((p < SHARD_PORT_BASE || p > SHARD_PORT_LAST)) ||
-        die "--shards $SHARDS: shard-aware ports $SHARD_PORT_BASE..$SHARD_PORT_LAST would include port $p"
+SHARD_PORT_LAST=$((SHARD_PORT_BASE + SHARDS_MAX - 1))
+if [[ " ${TARGET_LIST[*]} " == *" shardpay "* ]]; then
+    ((SHARD_PORT_LAST <= 65535)) || bad_arg "--shards $SHARDS_MAX: shard-aware ports from $SHARD_PORT_BASE pass 65535"
+    for p in "${PORT[@]}"; do
+        ((p < SHARD_PORT_BASE || p > SHARD_PORT_LAST)) ||
+            bad_arg "--shards $SHARDS_MAX: shard-aware ports $SHARD_PORT_BASE..$SHARD_PORT_LAST would include the public port $p (see --port-base, --shard-port-base)"
+    done
+fi
+for t in "${TARGET_LIST[@]}"; do
+    if [[ "$t" == axum ]]; then
+        for n in "${SHARD_LIST[@]}"; do
+            ((n <= THREADS_MAX)) || bad_arg "--shards $n: axum takes at most $THREADS_MAX threads"
+        done
+    fi
 done
 
-# The balances test's set-up on a fresh shardpay server.
-BENCH_USERNAME="bench"
-BENCH_PASSWORD="benchmark-password-1"
-BENCH_ADMIN_KEY="dev-admin-key-not-for-production" # config/bench.toml keeps the dev key
-BENCH_DEPOSIT_MINOR=100000
-BENCH_CURRENCY="USD"
-ACCESS_TOKEN="" # set by balances_setup and payments_setup, used by run_wrk
-# Set by via_select (balances and payments set-ups): the benchmark user's home
-# shard, and the port wrk connects to (per --via).
-HOME_SHARD=""
-WRK_PORT=""
-
-# The payments test's set-up: the payer, candidate payee names (a local and a
-# remote one are picked from them per --shards), the payer's deposit (10^15,
-# the server's AMOUNT_MAX: no run can spend it at 1 per payment).
-PAY_PAYER="benchpayer"
-PAY_PAYEE_CANDIDATES="benchpayee1 benchpayee2 benchpayee3 benchpayee4 benchpayee5 benchpayee6
-    benchpayee7 benchpayee8 benchpayee9 benchpayee10 benchpayee11 benchpayee12 benchpayee13
-    benchpayee14 benchpayee15 benchpayee16 benchpayee17 benchpayee18 benchpayee19 benchpayee20"
-PAY_DEPOSIT_MINOR=1000000000000000
-PAYEES=() # set by payments_setup: the local payee, then the other one
-PAY_RUN_TAG="" # a tag per wrk run, so that no two runs share an idempotency key
-
-# Sets CMD to the command line of a target.
-target_command() {
+# shards_label TARGET N: what N means for TARGET, for the report.
+shards_label() {
+    local s=""
     case "$1" in
+        shardpay) ((${2} == 1)) || s=s; echo "$2 shard$s" ;;
+        axum) ((${2} == 1)) || s=s; echo "$2 thread$s" ;;
+        *) echo "1 core" ;;
+    esac
+}
+
+# Sets CMD to the command line of TARGET with N shards (threads).
+target_command() {
+    local target="$1" n="$2"
+    case "$target" in
         shardpay)
-            CMD=(taskset -c "$SERVER_CPU" target/release/shardpay serve
-                --config config/bench.toml --shards "$SHARDS" --cpus "$SERVER_CPU"
+            CMD=(taskset -c "$SERVER_CPUS" target/release/shardpay serve
+                --config config/bench.toml --shards "$n" --cpus "$SERVER_CPUS"
                 --shard-port-base "$SHARD_PORT_BASE"
                 --listen "127.0.0.1:${PORT[shardpay]}") ;;
+        axum)
+            CMD=(taskset -c "$SERVER_CPUS" target/release/peer-axum --threads "$n"
+                --listen "127.0.0.1:${PORT[axum]}") ;;
         bare-glommio)
-            CMD=(target/release/peer-bare-glommio --cpu "$SERVER_CPU"
+            CMD=(taskset -c "$SERVER_CPUS" target/release/peer-bare-glommio --cpu "${SERVER_CPU_LIST[0]}"
                 --listen "127.0.0.1:${PORT[bare-glommio]}") ;;
         actix)
-            CMD=(taskset -c "$SERVER_CPU" target/release/peer-actix
+            CMD=(taskset -c "$SERVER_CPUS" target/release/peer-actix
                 --listen "127.0.0.1:${PORT[actix]}") ;;
     esac
 }
 
 # ------------------------------------------------------------ processes --
 
-STARTED_PIDS=()
+STARTED_PIDS=() # servers and clients still to be stopped on exit
 SERVER_PID=""
+
+# stop_pid PID: SIGTERM, up to STOP_TIMEOUT_S to exit, then SIGKILL; reaps it.
+stop_pid() {
+    local pid="$1" i
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < STOP_TIMEOUT_S * 10; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    forget_pid "$pid"
+}
+
+# forget_pid PID: PID is gone (reaped); cleanup no longer needs to stop it.
+forget_pid() {
+    local remaining=() p
+    for p in "${STARTED_PIDS[@]+"${STARTED_PIDS[@]}"}"; do
+        [[ "$p" == "$1" ]] || remaining+=("$p")
+    done
+    STARTED_PIDS=("${remaining[@]+"${remaining[@]}"}")
+}
 
 cleanup() {
     local pid
-    for pid in "${STARTED_PIDS[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -TERM "$pid" 2>/dev/null || true
-            for _ in $(seq 50); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
+    for pid in "${STARTED_PIDS[@]+"${STARTED_PIDS[@]}"}"; do
+        stop_pid "$pid"
     done
-    STARTED_PIDS=()
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'echo "bench.sh: interrupted" >&2; exit 130' INT
+trap 'echo "bench.sh: terminated" >&2; exit 143' TERM
 
 port_in_use() {
     # A successful TCP connect means something listens there.
     timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
 }
 
+# start_server TARGET N LOG: starts the server, sets SERVER_PID, waits until
+# it answers its readiness path.
 start_server() {
-    local target="$1" log="$2" port="${PORT[$1]}"
+    local target="$1" n="$2" log="$3" port="${PORT[$1]}" p
     # glommio binds with SO_REUSEPORT: a stale server on the port would share
     # the connections with the new one, so refuse to start instead.
-    if port_in_use "$port"; then
-        die "port $port is already in use (a stale server?); stop it first"
-    fi
+    port_in_use "$port" && die "port $port ($target) is already in use (a stale server, or another benchmark?): stop it first, or choose other ports with --port-base"
     if [[ "$target" == shardpay ]]; then
         # Its shard-aware ports (bound without SO_REUSEPORT) must be free too.
-        local p
-        for ((p = SHARD_PORT_BASE; p <= SHARD_PORT_LAST; p++)); do
-            ! port_in_use "$p" || die "port $p (shardpay's shard-aware port) is already in use; stop its user first"
+        for ((p = SHARD_PORT_BASE; p < SHARD_PORT_BASE + n; p++)); do
+            port_in_use "$p" && die "port $p (shardpay's shard-aware port) is already in use: stop its user first, or choose other ports with --shard-port-base"
         done
     fi
-    target_command "$target"
+    target_command "$target" "$n"
     echo ">> starting $target: ${CMD[*]}" >&2
-    "${CMD[@]}" >"$log" 2>&1 &
+    echo "\$ ${CMD[*]}" >"$log"
+    "${CMD[@]}" >>"$log" 2>&1 &
     SERVER_PID=$!
     STARTED_PIDS+=("$SERVER_PID")
     local url="http://127.0.0.1:${port}${READY_PATH[$target]}"
@@ -345,541 +553,203 @@ start_server() {
     done
 }
 
-stop_server() {
-    local pid="$1"
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    local remaining=() p
-    for p in "${STARTED_PIDS[@]}"; do
-        [[ "$p" == "$pid" ]] || remaining+=("$p")
-    done
-    STARTED_PIDS=("${remaining[@]+"${remaining[@]}"}")
-}
-
-# "utime stime" of a process (all its threads), in clock ticks.
-cpu_ticks() {
+# utime + stime of a process (all its threads), in clock ticks; empty if it is gone.
+process_ticks() {
     local stat rest
-    stat="$(<"/proc/$1/stat")" || die "process $1 is gone"
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
     rest="${stat##*) }" # comm may contain spaces: cut after the last ')'
     local -a f
     read -r -a f <<<"$rest"
     # f[0] is field 3 (state), so field 14 (utime) is f[11], 15 (stime) f[12].
-    echo "${f[11]} ${f[12]}"
+    echo $((f[11] + f[12]))
 }
 
-# Busy time of a whole CPU (every process, kernel threads, irq), clock ticks:
-# user + nice + system + irq + softirq from the "cpuN" line of /proc/stat.
-# Used to detect other load (e.g. a cargo build) on the server's core.
-cpu_core_busy_ticks() {
-    awk -v cpu="cpu$1" '$1 == cpu { print $2 + $3 + $4 + $7 + $8; found = 1 }
-        END { if (!found) exit 1 }' /proc/stat || die "cpu$1 not in /proc/stat"
+# Busy time of the server CPUs (every process, kernel threads, irq), clock
+# ticks: user + nice + system + irq + softirq of their "cpuN" lines of /proc/stat.
+server_cpus_busy_ticks() {
+    awk -v cpus=" ${SERVER_CPU_LIST[*]} " '
+        $1 ~ /^cpu[0-9]+$/ { n = substr($1, 4); if (index(cpus, " " n " ")) { busy += $2 + $3 + $4 + $7 + $8; found++ } }
+        END { if (!found) exit 1; print busy }' /proc/stat
 }
 
-# bare-glommio prints "responses=N" on stderr on SIGUSR1: returns N.
-server_response_count() {
-    local pid="$1" log="$2" before after
-    before="$(grep -c '^responses=' "$log" || true)"
-    kill -USR1 "$pid"
-    for _ in $(seq 50); do
-        after="$(grep -c '^responses=' "$log" || true)"
-        if ((after > before)); then
-            grep '^responses=' "$log" | tail -n 1 | cut -d= -f2
-            return 0
-        fi
-        sleep 0.05
-    done
-    echo ""
-}
-
-# http_call LOG EXPECTED_STATUS METHOD URL BODY [HEADER...]: one curl request;
-# prints the response body, dies unless the status is EXPECTED_STATUS. The
-# exchange (status and body) is appended to LOG. With HTTP_CALL_HEADERS set to
-# a file name, the response headers are written there.
-http_call() {
-    local log="$1" expected="$2" method="$3" url="$4" body="$5"
-    shift 5
-    local -a headers=(-H "Content-Type: application/json") dump=()
-    local h
-    for h in "$@"; do headers+=(-H "$h"); done
-    if [[ -n "${HTTP_CALL_HEADERS:-}" ]]; then dump=(-D "$HTTP_CALL_HEADERS"); fi
-    local tmp status
-    tmp="$(mktemp)"
-    status="$(curl -sS --max-time 30 -o "$tmp" -w '%{http_code}' -X "$method" \
-        "${dump[@]+"${dump[@]}"}" "${headers[@]}" --data-binary "$body" "$url")" || {
-        rm -f "$tmp"
-        die "set-up: $method $url failed (curl)"
-    }
-    local response
-    response="$(<"$tmp")"
-    rm -f "$tmp"
-    printf '%s %s -> %s %s\n' "$method" "$url" "$status" "$response" >>"$log"
-    [[ "$status" == "$expected" ]] ||
-        die "set-up: $method $url answered $status, expected $expected: $response"
-    printf '%s' "$response"
-}
-
-# json_field FIELD: the string field FIELD of the JSON object on stdin.
-json_field() {
-    python3 -c 'import json, sys
-v = json.load(sys.stdin).get(sys.argv[1])
-if not isinstance(v, str) or not v:
-    sys.exit("no string field " + sys.argv[1])
-print(v)' "$1"
-}
-
-# balances_setup LOG: on the fresh shardpay server, sign up the benchmark
-# user (sets HOME_SHARD and WRK_PORT, see via_select), log in (sets
-# ACCESS_TOKEN) and deposit to it, then check that the balance read answers
-# 200 with a non-empty list. LOG gets the exchanges
-# (tokens redacted).
-balances_setup() {
-    local log="$1" url="http://127.0.0.1:${PORT[shardpay]}" response user_id
-    local creds
-    creds="$(printf '{"username":"%s","password":"%s"}' "$BENCH_USERNAME" "$BENCH_PASSWORD")"
-    : >"$log.tmp"
-    response="$(HTTP_CALL_HEADERS="$log.headers" http_call "$log.tmp" 201 POST "$url/v1/users" "$creds")"
-    user_id="$(json_field id <<<"$response")" || die "set-up: no user id in the signup answer: $response"
-    via_select "$log.tmp" "$BENCH_USERNAME" "$user_id" "$(x_shard_header "$log.headers")"
-    rm -f "$log.headers"
-    response="$(http_call "$log.tmp" 201 POST "$url/v1/sessions" "$creds")"
-    ACCESS_TOKEN="$(json_field access_token <<<"$response")" ||
-        die "set-up: no access_token in the login answer"
-    response="$(http_call "$log.tmp" 201 POST "$url/v1/deposits" \
-        "$(printf '{"user_id":"%s","amount":%d,"currency":"%s"}' "$user_id" "$BENCH_DEPOSIT_MINOR" "$BENCH_CURRENCY")" \
-        "Authorization: Bearer $BENCH_ADMIN_KEY" "Idempotency-Key: bench-1")"
-    local status
-    status="$(curl -sS --max-time 5 -o "$log.body" -w '%{http_code}' \
-        -H "Authorization: Bearer $ACCESS_TOKEN" "$url/v1/balances")" ||
-        die "set-up: GET /v1/balances failed (curl)"
-    printf 'GET %s/v1/balances -> %s %s\n' "$url" "$status" "$(<"$log.body")" >>"$log.tmp"
-    [[ "$status" == 200 ]] || die "set-up: GET /v1/balances answered $status: $(<"$log.body")"
-    python3 -c 'import json, sys
-d = json.load(open(sys.argv[1])).get("data")
-sys.exit(0 if isinstance(d, list) and d else "empty balance list")' "$log.body" ||
-        die "set-up: GET /v1/balances returned no balance: $(<"$log.body")"
-    rm -f "$log.body"
-    redact_setup_log "$log.tmp" "$log"
-}
-
-# redact_setup_log TMP LOG: TMP without its tokens goes to LOG; TMP is removed.
-# Tokens are short-lived and the server is thrown away, but keep them out of
-# the results anyway.
-redact_setup_log() {
-    python3 -c 'import re, sys
-t = open(sys.argv[1]).read()
-t = re.sub(r"(\"(?:access_token|refresh_token)\":\")[^\"]*", r"\1<redacted>", t)
-open(sys.argv[2], "w").write(t)' "$1" "$2"
-    rm -f "$1"
-}
-
-# home_shards SHARDS NAME...: the home shard of each username, one a line, as
-# src/slots.rs computes it: slot = CRC16/XMODEM(case-folded name) mod 16384,
-# and slots go to shards in contiguous ranges (shard i of N owns slots
-# floor(i*16384/N) to floor((i+1)*16384/N)-1; Slot::shard's formula).
-home_shards() {
-    python3 - "$@" <<'PY'
-import sys
-
-def crc16_xmodem(data):
-    crc = 0
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
-
-shards = int(sys.argv[1])
-for name in sys.argv[2:]:
-    slot = crc16_xmodem(name.lower().encode()) % 16384
-    print(((slot + 1) * shards - 1) // 16384)
-PY
-}
-
-# x_shard_header FILE: the X-Shard header in a file of response headers
-# (empty if there is none).
-x_shard_header() {
-    tr -d '\r' <"$1" | awk -F': *' 'tolower($1) == "x-shard" { print $2 }'
-}
-
-# home_shard_of_id SHARDS USER_ID: the home shard of a user id, from the slot
-# it carries (usr_ + 4 hex digits of slot + random, src/slots.rs): the last
-# shard i whose first slot, floor(i*16384/SHARDS), is at most the slot.
-home_shard_of_id() {
-    local shards="$1" id="$2" slot i
-    [[ "$id" =~ ^usr_([0-9a-f]{4})[0-9a-f]+$ ]] || return 1
-    slot=$((16#${BASH_REMATCH[1]}))
-    ((slot < 16384)) || return 1
-    for ((i = shards - 1; i >= 0; i--)); do
-        if ((i * 16384 / shards <= slot)); then
-            echo "$i"
-            return 0
-        fi
-    done
-    return 1
-}
-
-# via_select LOG USERNAME USER_ID X_SHARD: sets HOME_SHARD, the home shard of
-# the benchmark user USER_ID (computed from its id, checked against X_SHARD,
-# the X-Shard header of its signup answer), and WRK_PORT, where wrk connects
-# per --via: the public port, the home shard's shard-aware port, or that of
-# the next shard (home + 1 mod SHARDS). Appends the choice to LOG.
-via_select() {
-    local log="$1" name="$2" id="$3" x_shard="$4" other
-    HOME_SHARD="$(home_shard_of_id "$SHARDS" "$id")" ||
-        die "set-up: cannot read a slot from $name's user id '$id'"
-    [[ "$x_shard" == "$HOME_SHARD" ]] ||
-        die "set-up: $name's home shard is ${x_shard:-not in X-Shard}, computed $HOME_SHARD from its id $id (src/slots.rs changed?)"
-    case "$VIA" in
-        public) WRK_PORT="${PORT[shardpay]}" ;;
-        home) WRK_PORT=$((SHARD_PORT_BASE + HOME_SHARD)) ;;
-        other)
-            other=$(((HOME_SHARD + 1) % SHARDS))
-            ((other != HOME_SHARD)) || die "--via other: no shard other than the home shard"
-            WRK_PORT=$((SHARD_PORT_BASE + other)) ;;
-    esac
-    printf 'via %s: wrk connects to port %s (%s: user id %s, home shard %s, X-Shard %s)\n' \
-        "$VIA" "$WRK_PORT" "$name" "$id" "$HOME_SHARD" "$x_shard" >>"$log"
-}
-
-# signup_on LOG URL USERNAME EXPECTED_SHARD: signs USERNAME up (201), checks
-# that the X-Shard of the answer (the user's home shard) is EXPECTED_SHARD,
-# prints the signup answer.
-signup_on() {
-    local log="$1" url="$2" name="$3" expected="$4" response shard
-    local creds
-    creds="$(printf '{"username":"%s","password":"%s"}' "$name" "$BENCH_PASSWORD")"
-    response="$(HTTP_CALL_HEADERS="$log.headers" http_call "$log" 201 POST "$url/v1/users" "$creds")"
-    shard="$(x_shard_header "$log.headers")"
-    rm -f "$log.headers"
-    printf '  (X-Shard: %s, computed home shard: %s)\n' "${shard:-none}" "$expected" >>"$log"
-    [[ "$shard" == "$expected" ]] ||
-        die "set-up: $name's home shard is ${shard:-not in X-Shard}, computed $expected (src/slots.rs changed?)"
-    printf '%s' "$response"
-}
-
-# payments_setup LOG: on the fresh shardpay server, sign up the payer (sets
-# HOME_SHARD and WRK_PORT, see via_select) and log in (sets ACCESS_TOKEN),
-# sign up two payees (sets PAYEES: one on the payer's
-# home shard, one on another shard if there are several), deposit to the
-# payer, and check that one payment to each payee answers 201. LOG gets the
-# exchanges (tokens redacted).
-payments_setup() {
-    local log="$1" url="http://127.0.0.1:${PORT[shardpay]}" response payer_id
-    local -a candidates homes
-    read -r -a candidates <<<"$(echo $PAY_PAYEE_CANDIDATES)"
-    mapfile -t homes < <(home_shards "$SHARDS" "$PAY_PAYER" "${candidates[@]}")
-    ((${#homes[@]} == ${#candidates[@]} + 1)) || die "set-up: cannot compute home shards"
-    local payer_home="${homes[0]}" local_payee="" local_home="" remote_payee="" remote_home="" i
-    for ((i = 0; i < ${#candidates[@]}; i++)); do
-        local name="${candidates[i]}" home="${homes[i + 1]}"
-        if [[ -z "$local_payee" && "$home" == "$payer_home" ]]; then
-            local_payee="$name" local_home="$home"
-        elif [[ -z "$remote_payee" ]] && { ((SHARDS == 1)) || [[ "$home" != "$payer_home" ]]; }; then
-            # With one shard every user is local: the second payee is too.
-            remote_payee="$name" remote_home="$home"
-        fi
-    done
-    [[ -n "$local_payee" && -n "$remote_payee" ]] ||
-        die "set-up: no payee candidates on the payer's shard $payer_home and another one (of $SHARDS)"
-    PAYEES=("$local_payee" "$remote_payee")
-
-    : >"$log.tmp"
-    printf 'payer %s (home shard %s), payees %s (home shard %s) and %s (home shard %s), %s shard(s)\n' \
-        "$PAY_PAYER" "$payer_home" "$local_payee" "$local_home" "$remote_payee" "$remote_home" \
-        "$SHARDS" >>"$log.tmp"
-    response="$(signup_on "$log.tmp" "$url" "$PAY_PAYER" "$payer_home")"
-    payer_id="$(json_field id <<<"$response")" || die "set-up: no user id in the signup answer: $response"
-    # signup_on checked that the answer's X-Shard is payer_home.
-    via_select "$log.tmp" "$PAY_PAYER" "$payer_id" "$payer_home"
-    signup_on "$log.tmp" "$url" "$local_payee" "$local_home" >/dev/null
-    signup_on "$log.tmp" "$url" "$remote_payee" "$remote_home" >/dev/null
-    response="$(http_call "$log.tmp" 201 POST "$url/v1/sessions" \
-        "$(printf '{"username":"%s","password":"%s"}' "$PAY_PAYER" "$BENCH_PASSWORD")")"
-    ACCESS_TOKEN="$(json_field access_token <<<"$response")" ||
-        die "set-up: no access_token in the login answer"
-    http_call "$log.tmp" 201 POST "$url/v1/deposits" \
-        "$(printf '{"user_id":"%s","amount":%s,"currency":"%s"}' "$payer_id" "$PAY_DEPOSIT_MINOR" "$BENCH_CURRENCY")" \
-        "Authorization: Bearer $BENCH_ADMIN_KEY" "Idempotency-Key: bench-pay" >/dev/null
-    local payee n=0
-    for payee in "${PAYEES[@]}"; do
-        n=$((n + 1))
-        http_call "$log.tmp" 201 POST "$url/v1/payments" \
-            "$(printf '{"to":"%s","amount":1,"currency":"%s"}' "$payee" "$BENCH_CURRENCY")" \
-            "Authorization: Bearer $ACCESS_TOKEN" "Idempotency-Key: bench-pay-check-$n" >/dev/null
-    done
-    redact_setup_log "$log.tmp" "$log"
-}
-
-# payments_check LOG WARMUP_OUT MEASURED_OUT: after the measured run, the
-# payer's balance must show at least as many payments as wrk counted (two
-# set-up checks, the warm-up, the measured run): fewer means that answers
-# were replayed for repeated idempotency keys, not new payments. Skipped when
-# a run got non-2xx answers (those fail the benchmark anyway). Appends the
-# figures to LOG.
-payments_check() {
-    local log="$1" warmup_out="$2" out="$3" url="http://127.0.0.1:${PORT[shardpay]}" status
-    status="$(curl -sS --max-time 5 -o "$log.body" -w '%{http_code}' \
-        -H "Authorization: Bearer $ACCESS_TOKEN" "$url/v1/balances")" ||
-        die "payments check: GET /v1/balances failed (curl)"
-    [[ "$status" == 200 ]] || die "payments check: GET /v1/balances answered $status: $(<"$log.body")"
-    python3 - "$log.body" "$warmup_out" "$out" "$PAY_DEPOSIT_MINOR" "$BENCH_CURRENCY" "$log" <<'PY' ||
-import json, re, sys
-
-body, warmup_out, out, deposit, currency, log = sys.argv[1:]
-available = next((b["available"] for b in json.load(open(body))["data"]
-                  if b["currency"] == currency), 0)
-debited = int(deposit) - available
-counted, non_2xx = 2, 0  # the two set-up payments
-for path in (warmup_out, out):
-    text = open(path).read()
-    counted += int(re.search(r"^\s*(\d+) requests in ", text, re.M)[1])
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    non_2xx += int(m[1]) if m else 0
-line = (f"after the measured run: {debited} payments debited from the payer, "
-        f"{counted} answers counted (set-up, warm-up, measured)")
-with open(log, "a") as f:
-    f.write(line + "\n")
-if not non_2xx and debited < counted:
-    sys.exit(f"{line}: answers were replayed (repeated idempotency keys)")
-PY
-        die "payments check failed (see $log)"
-    rm -f "$log.body"
-}
-
-# run_wrk TARGET TEST SECONDS OUTFILE: wrk against the target's public port,
-# or for shardpay's balances and payments against WRK_PORT (per --via).
-run_wrk() {
-    local target="$1" test="$2" seconds="$3" out="$4" path port="${PORT[$1]}"
-    if via_applies "$target" "$test"; then
-        [[ -n "$WRK_PORT" ]] || die "$test: no port to connect to (set-up not run)"
-        port="$WRK_PORT"
-    fi
-    local url="http://127.0.0.1:${port}"
-    local -a script=() header=() shown_header=() args=() shown_args=()
-    case "$test" in
-        plaintext) path=/plaintext ;;
-        json) path=/json ;;
-        pipelined) path=/plaintext; script=(-s bench/wrk/pipeline.lua) ;;
-        balances)
-            [[ -n "$ACCESS_TOKEN" ]] || die "balances: no access token (set-up not run)"
-            path=/v1/balances
-            header=(-H "Authorization: Bearer $ACCESS_TOKEN")
-            shown_header=(-H "'Authorization: Bearer <access token>'") ;;
-        payments)
-            [[ -n "$ACCESS_TOKEN" && ${#PAYEES[@]} -eq 2 ]] || die "payments: set-up not run"
-            # The path is the script's; the run tag keeps the warm-up's and
-            # the measured run's idempotency keys apart.
-            path=/v1/payments
-            script=(-s bench/wrk/payments.lua)
-            args=(-- "$ACCESS_TOKEN" "${PAYEES[@]}" "$PAY_RUN_TAG")
-            shown_args=(-- "'<access token>'" "${PAYEES[@]}" "$PAY_RUN_TAG") ;;
-    esac
-    if [[ "$test" == pipelined ]]; then
-        args=(-- "$PIPELINE_DEPTH")
-        shown_args=("${args[@]}")
-    fi
-    local -a cmd=(taskset -c "$WRK_CPU" wrk -t1 "-c$CONNECTIONS" "-d${seconds}s" --latency
-        "${header[@]+"${header[@]}"}" "${script[@]+"${script[@]}"}" "$url$path"
-        "${args[@]+"${args[@]}"}")
-    local -a shown=(taskset -c "$WRK_CPU" wrk -t1 "-c$CONNECTIONS" "-d${seconds}s" --latency
-        "${shown_header[@]+"${shown_header[@]}"}" "${script[@]+"${script[@]}"}" "$url$path"
-        "${shown_args[@]+"${shown_args[@]}"}")
-    echo "\$ ${shown[*]}" >"$out"
-    timeout --kill-after=5 $((seconds + 30)) "${cmd[@]}" >>"$out" 2>&1 ||
-        die "wrk failed for $target/$test (see $out)"
-}
+now_ns() { date +%s%N; }
 
 # ---------------------------------------------------------------- build --
 
 if ((BUILD)); then
-    build_args=(--workspace)
-    if ((${#TARGET_LIST[@]} < 3)); then
-        # Only what the selected targets need (all three == the workspace).
-        build_args=()
-        for t in "${TARGET_LIST[@]}"; do build_args+=(-p "${PACKAGE[$t]}"); done
-    fi
+    build_args=(-p shardpay-bench)
+    for t in "${TARGET_LIST[@]}"; do build_args+=(-p "${PACKAGE[$t]}"); done
     echo ">> cargo build --release ${build_args[*]}" >&2
-    timeout "$BUILD_TIMEOUT_S" cargo build --release "${build_args[@]}" >&2
+    timeout "$BUILD_TIMEOUT_S" cargo build --release "${build_args[@]}" >&2 || die "cargo build failed"
 fi
+for bin in shardpay-bench shardpay-bench-chart; do
+    [[ -x "target/release/$bin" ]] || die "target/release/$bin missing (build it or drop --no-build)"
+done
 for t in "${TARGET_LIST[@]}"; do
-    [[ -x "target/release/${PACKAGE[$t]}" ]] || die "target/release/${PACKAGE[$t]} missing (build it or drop --no-build)"
+    [[ -x "target/release/${PACKAGE[$t]}" ]] ||
+        die "target/release/${PACKAGE[$t]} missing (cargo build --release -p ${PACKAGE[$t]}, or drop --no-build)"
 done
 
 # ---------------------------------------------------------------- runs --
 
 DAY="$(date +%F)"
-RESULTS_DIR="bench/results"
-BASE="$RESULTS_DIR/$DAY-$NAME"
-RAW_DIR="$BASE"
-mkdir -p "$RAW_DIR"
-RUNS_JSONL="$RAW_DIR/runs.jsonl"
+BASE="bench/results/$DAY-$NAME"
+RUN_DIR="$BASE"
+mkdir -p "$RUN_DIR"
+RUNS_JSONL="$RUN_DIR/runs.jsonl"
 : >"$RUNS_JSONL"
+rm -f "$BASE.json" "$BASE.md" "$BASE-throughput.png" "$BASE-latency.png"
+REPORTER=(python3 scripts/bench_report.py)
 
-N_TARGETS=${#TARGET_LIST[@]}
 TOTAL_RUNS=$((ROUNDS * RUNS_PER_ROUND))
-ESTIMATE_S=$((TOTAL_RUNS * (DURATION + WARMUP_S + 1)))
-echo ">> $ROUNDS round(s), $TOTAL_RUNS runs of ${WARMUP_S}s warm-up + ${DURATION}s:" \
-    "about $(((ESTIMATE_S + 59) / 60)) min" >&2
+ESTIMATE_S=$(python3 -c 'import sys; print(round(float(sys.argv[1]) * int(sys.argv[2])))' "$ESTIMATE_PER_ROUND_S" "$ROUNDS")
+if ((ESTIMATE_S < 120)); then ESTIMATE="$ESTIMATE_S s"; else ESTIMATE="$(((ESTIMATE_S + 59) / 60)) min"; fi
+echo ">> $ROUNDS round(s) x $SERVERS_PER_ROUND server(s) x $RUNS_PER_SERVER run(s) (${RUN_RATES[*]}) = $TOTAL_RUNS runs" \
+    "of ${WARMUP}s warm-up + ${DURATION}s measured, plus set-up: about $ESTIMATE" >&2
 
-# measure_run ROUND SEQ TARGET TEST: one run (fresh server, warm-up,
-# measured run, server stopped), one JSON line appended to runs.jsonl.
-measure_run() {
-    local round="$1" seq="$2" target="$3" test="$4"
-    local dir="$RAW_DIR/round-$round"
-    local log="$dir/$target-$test.server.log" out="$dir/$target-$test.wrk.txt"
-    local tag="[$seq/$TOTAL_RUNS] round $round: $target / $test"
+# run_label RATE: a file-name-safe form of a rate label.
+run_label() {
+    case "$1" in
+        peak) echo peak ;;
+        *%) echo "${1%\%}pct" ;;
+        *) echo "${1}rps" ;;
+    esac
+}
+
+# measure_server ROUND TARGET SCENARIO N: one fresh server, its runs (peak
+# first, then the rates), one runs.jsonl line per run, the server stopped.
+SEQ=0
+measure_server() {
+    local round="$1" target="$2" scenario="$3" n="$4"
+    local dir="$RUN_DIR/round-$round" stem="$target-$scenario-$n"
+    local log="$dir/$stem.server.log" port="${PORT[$2]}" peak_rps="" server_died=0
+    local recorded_shards="$n"
+    if single_core "$target"; then recorded_shards=1; fi
     mkdir -p "$dir"
-    start_server "$target" "$log"
+    start_server "$target" "$n" "$log"
 
-    ACCESS_TOKEN=""
-    PAYEES=()
-    HOME_SHARD=""
-    WRK_PORT=""
-    if [[ "$test" == balances ]]; then
-        echo ">> $tag: set-up (signup, login, deposit)" >&2
-        balances_setup "$dir/$target-$test.setup.txt"
-    elif [[ "$test" == payments ]]; then
-        echo ">> $tag: set-up (payer and payees, login, deposit, two payments)" >&2
-        payments_setup "$dir/$target-$test.setup.txt"
+    local rate
+    for rate in "${RUN_RATES[@]}"; do
+        SEQ=$((SEQ + 1))
+        local label tag out report offered="" mode=closed note=""
+        label="$(run_label "$rate")"
+        out="$dir/$stem-$label.client.txt" report="$dir/$stem-$label.json"
+        tag="[$SEQ/$TOTAL_RUNS] round $round: $target / $scenario / $(shards_label "$target" "$recorded_shards") / $rate"
+        rm -f "$report"
+        case "$rate" in
+            peak) ;;
+            *%)
+                mode=open
+                if [[ -n "$peak_rps" ]]; then
+                    offered="$(python3 -c 'import sys; print(max(1, round(float(sys.argv[1]) * float(sys.argv[2]) / 100)))' \
+                        "$peak_rps" "${rate%\%}")"
+                else
+                    note="no peak figure in this round to take $rate of (the peak run failed): not run"
+                fi ;;
+            *) mode=open offered="$rate" ;;
+        esac
+        if ((server_died)); then
+            note="the server had died in an earlier run: not run"
+        fi
+
+        # pipelined is shardpay-bench's plaintext, several requests in flight per connection.
+        local client_scenario="$scenario"
+        [[ "$scenario" != pipelined ]] || client_scenario=plaintext
+        local -a client=(taskset -c "$CLIENT_CPUS" target/release/shardpay-bench --cpus "$CLIENT_CPUS"
+            --url "http://127.0.0.1:$port" --scenario "$client_scenario" -c "$CONNECTIONS")
+        [[ "$scenario" != pipelined ]] || client+=(-d "$PIPELINE_DEPTH")
+        client+=(--warmup "$WARMUP" -D "$DURATION" --users "$USERS")
+        [[ -z "$offered" ]] || client+=(--rate "$offered")
+        if ((SHARD_AWARE)) && [[ "$target" == shardpay ]]; then client+=(--shard-aware); fi
+        [[ -z "$CROSS_SHARD_RATIO" ]] || client+=(--cross-shard-ratio "$CROSS_SHARD_RATIO")
+        client+=(--server-pid "$SERVER_PID" --json "$report" -q)
+
+        local status=0 wall_ns=0 server_ticks="" busy_ticks=""
+        if [[ -n "$note" ]]; then
+            echo ">> $tag: $note" >&2
+            status=""
+            echo "$note" >"$out"
+        else
+            echo ">> $tag: ${mode} loop${offered:+ at $offered req/s}, ${WARMUP}s warm-up + ${DURATION}s" >&2
+            echo "\$ ${client[*]}" >"$out"
+            local busy_before server_before t0 t1 busy_after server_after
+            busy_before="$(server_cpus_busy_ticks)" server_before="$(process_ticks "$SERVER_PID")" t0="$(now_ns)"
+            local limit_s
+            limit_s=$(python3 -c 'import sys, math; print(math.ceil(sum(map(float, sys.argv[1:]))))' \
+                "$WARMUP" "$DURATION" "$SETUP_BUDGET_S" "$(((USERS * USER_SETUP_MS + 999) / 1000))")
+            timeout --kill-after=5 "$limit_s" "${client[@]}" >>"$out" 2>&1 &
+            local client_pid=$!
+            STARTED_PIDS+=("$client_pid")
+            wait "$client_pid" || status=$?
+            forget_pid "$client_pid"
+            t1="$(now_ns)" busy_after="$(server_cpus_busy_ticks)" server_after="$(process_ticks "$SERVER_PID")"
+            wall_ns=$((t1 - t0))
+            busy_ticks=$((busy_after - busy_before))
+            if [[ -n "$server_before" && -n "$server_after" ]]; then
+                server_ticks=$((server_after - server_before))
+            fi
+            if ((status == 2)); then
+                tail -n 5 "$out" >&2
+                die "shardpay-bench refused its arguments (bench.sh bug?): see $out"
+            fi
+            if ((status == 124 || status == 137)); then
+                note="shardpay-bench did not finish within ${limit_s}s: killed"
+            fi
+            if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+                server_died=1
+                local server_status=0 how
+                wait "$SERVER_PID" 2>/dev/null || server_status=$?
+                # Reaped: its pid may be reused, so nothing may signal it any more.
+                forget_pid "$SERVER_PID"
+                how="with status $server_status"
+                if ((server_status > 128)); then how="killed by signal $((server_status - 128))"; fi
+                note="${note:+$note; }the server exited during the run, $how (log: $log)"
+                echo ">> $tag: ERROR: $target exited during the run; its last log lines:" >&2
+                tail -n 10 "$log" >&2 || true
+            fi
+            if ((status != 0)); then
+                echo ">> $tag: ERROR: shardpay-bench exited with status $status; its last lines:" >&2
+                tail -n 8 "$out" | sed 's/^/   | /' >&2
+            fi
+        fi
+        if [[ "$rate" == peak && -f "$report" ]]; then
+            peak_rps="$("${REPORTER[@]}" field "$report" requests_per_second)"
+            python3 -c 'import sys; sys.exit(0 if float(sys.argv[1] or 0) > 0 else 1)' "$peak_rps" || peak_rps=""
+        fi
+        "${REPORTER[@]}" record --report="$report" --seq="$SEQ" --round="$round" --target="$target" \
+            --scenario="$scenario" --shards="$recorded_shards" \
+            --shards-label="$(shards_label "$target" "$recorded_shards")" --rate="$rate" --mode="$mode" \
+            --offered="$offered" --exit-status="$status" --note="$note" --server-log="$log" \
+            --client-output="$out" --client-command="${client[*]}" --wall-ns="$wall_ns" \
+            --server-ticks="$server_ticks" --busy-ticks="$busy_ticks" --clk-tck="$CLK_TCK" \
+            >>"$RUNS_JSONL" || die "could not record run $SEQ (see $out)"
+    done
+    if ((server_died)); then
+        SERVER_PID=""
+    else
+        echo ">> stopping $target" >&2
+        stop_pid "$SERVER_PID"
     fi
-
-    echo ">> $tag: warm-up ${WARMUP_S}s" >&2
-    PAY_RUN_TAG="r${round}s${seq}w"
-    run_wrk "$target" "$test" "$WARMUP_S" "$dir/$target-$test.warmup.txt"
-    PAY_RUN_TAG="r${round}s${seq}m"
-
-    local count_before="" count_after=""
-    if [[ "$target" == bare-glommio ]]; then
-        count_before="$(server_response_count "$SERVER_PID" "$log")"
-    fi
-
-    echo ">> $tag: measuring ${DURATION}s" >&2
-    local core_before core_after ticks_before ticks_after
-    core_before="$(cpu_core_busy_ticks "$SERVER_CPU")"
-    ticks_before="$(cpu_ticks "$SERVER_PID")"
-    run_wrk "$target" "$test" "$DURATION" "$out"
-    ticks_after="$(cpu_ticks "$SERVER_PID")"
-    core_after="$(cpu_core_busy_ticks "$SERVER_CPU")"
-
-    if [[ "$target" == bare-glommio ]]; then
-        count_after="$(server_response_count "$SERVER_PID" "$log")"
-    fi
-    if [[ "$test" == payments ]]; then
-        payments_check "$dir/$target-$test.setup.txt" "$dir/$target-$test.warmup.txt" "$out"
-    fi
-
-    python3 - "$out" "$target" "$test" "$CONNECTIONS" "$DURATION" \
-        "$ticks_before" "$ticks_after" "$CLK_TCK" "$count_before" "$count_after" \
-        "$core_before" "$core_after" "$round" "$seq" "$dir/$target-$test.warmup.txt" \
-        "$( [[ "$target" == shardpay ]] && echo "$SHARDS" || true)" \
-        "$(if via_applies "$target" "$test"; then echo "$VIA"; elif [[ "$target" == shardpay ]]; then echo public; fi)" \
-        "$(via_applies "$target" "$test" && echo "$WRK_PORT" || echo "${PORT[$target]}")" \
-        "$HOME_SHARD" \
-        >>"$RUNS_JSONL" <<'PY'
-import json, re, sys
-
-(out, target, test, conns, duration, t0, t1, clk, c0, c1, k0, k1, rnd, seq,
- warmup_out, shards, via, wrk_port, home_shard) = sys.argv[1:]
-(u0, s0), (u1, s1) = ([int(x) for x in t.split()] for t in (t0, t1))
-clk = int(clk)
-text = open(out).read()
-
-def need(pattern):
-    m = re.search(pattern, text, re.M)
-    if not m:
-        sys.exit(f"bench.sh: cannot find /{pattern}/ in {out}")
-    return m
-
-UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
-
-def percentile(p):
-    m = need(rf"^\s*{p}%\s+([\d.]+)(us|ms|s|m|h)\s*$")
-    return float(m.group(1)) * UNIT_MS[m.group(2)]
-
-dist = [percentile(p) for p in (50, 75, 90, 99)]
-if test == "pipelined" or 0.0 in dist or dist != sorted(dist):
-    # wrk records one latency per pipelined batch, and its coordinated-omission
-    # correction (stats_correct) uses an interval computed from responses, not
-    # batches: it adds samples below the recorded minimum that the percentile
-    # walk never reaches, so the distribution is wrong or all zeros
-    # (wg/wrk#236). No latency is reported rather than a wrong one.
-    p50 = p99 = None
-else:
-    p50, p99 = round(dist[0], 3), round(dist[3], 3)
-
-requests = int(need(r"^\s*(\d+) requests in ")[1])
-rps = float(need(r"^Requests/sec:\s+([\d.]+)")[1])
-user_s, sys_s = (u1 - u0) / clk, (s1 - s0) / clk
-cpu_s = user_s + sys_s
-NON_2XX = r"Non-2xx or 3xx responses: (\d+)"  # wrk prints it only when non-zero
-errors = 0
-m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-if m:
-    errors += sum(int(x) for x in m.groups())
-m = re.search(NON_2XX, text)
-non_2xx = int(m.group(1)) if m else 0
-errors += non_2xx
-m = re.search(NON_2XX, open(warmup_out).read())
-warmup_non_2xx = int(m.group(1)) if m else 0
-print(json.dumps({
-    "round": int(rnd),
-    "seq": int(seq),  # position in the whole run, 1-based
-    "target": target,
-    "test": test,
-    # shardpay's --shards (all on the server's CPU); None for the peers.
-    "shards": int(shards) if shards else None,
-    # Where wrk connected (--via): "public" (the public port), "home" (the
-    # shard-aware port of the benchmark user's home shard) or "other" (that of
-    # another shard); only shardpay's balances and payments follow --via, its
-    # other tests are "public"; None for the peers.
-    "via": via or None,
-    "wrk_port": int(wrk_port),
-    # balances and payments: the benchmark user's (payer's) home shard.
-    "home_shard": int(home_shard) if home_shard else None,
-    "connections": int(conns),
-    "duration_s": int(duration),
-    "requests": requests,
-    "requests_per_sec": rps,
-    "latency_p50_ms": p50,
-    "latency_p99_ms": p99,
-    "server_cpu_us_per_request": round(cpu_s * 1e6 / requests, 3) if requests else None,
-    "server_user_us_per_request": round(user_s * 1e6 / requests, 3) if requests else None,
-    "server_sys_us_per_request": round(sys_s * 1e6 / requests, 3) if requests else None,
-    "server_cpu_s": round(cpu_s, 3),
-    "errors": errors,  # socket errors + non-2xx/3xx responses, measured run
-    "non_2xx": non_2xx,  # responses neither 2xx nor 3xx, measured run
-    "warmup_non_2xx": warmup_non_2xx,  # the same, warm-up run
-    # Busy time of the server's core not spent in the server (other load).
-    "other_cpu_s": round(max(0.0, (int(k1) - int(k0)) / clk - cpu_s), 3),
-    # bare-glommio only: responses the server wrote during the measured run.
-    "server_responses": (int(c1) - int(c0)) if c0 and c1 else None,
-}))
-PY
-    echo ">> $tag: stopping $target" >&2
-    stop_server "$SERVER_PID"
 }
 
 # Round K (1-based) takes the targets rotated left by K-1; within a round,
-# every test runs every target before the next test starts. Every run gets
-# a fresh server, the same for every target.
-seq_no=0
+# every scenario runs every shard count on every target before the next
+# starts.
+N_TARGETS=${#TARGET_LIST[@]}
+START_TIME="$(date -Is)"
 for ((round = 1; round <= ROUNDS; round++)); do
     order=()
     for ((i = 0; i < N_TARGETS; i++)); do
         order+=("${TARGET_LIST[(i + round - 1) % N_TARGETS]}")
     done
     echo ">> round $round/$ROUNDS: target order ${order[*]}" >&2
-    for test in "${TEST_LIST[@]}"; do
-        for target in "${order[@]}"; do
-            test_applies "$target" "$test" || continue # no such route: no row
-            seq_no=$((seq_no + 1))
-            measure_run "$round" "$seq_no" "$target" "$test"
+    for scenario in "${SCENARIO_LIST[@]}"; do
+        for n in "${SHARD_LIST[@]}"; do
+            for target in "${order[@]}"; do
+                serves "$target" "$scenario" || continue
+                if single_core "$target" && [[ "$n" != "${SHARD_LIST[0]}" ]]; then continue; fi
+                measure_server "$round" "$target" "$scenario" "$n"
+            done
         done
     done
 done
@@ -887,318 +757,48 @@ done
 # -------------------------------------------------------------- report --
 
 CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//' || true)"
-WRK_VERSION="$({ wrk -v 2>&1 || true; } | head -n1 | cut -d' ' -f1-2)" # wrk -v exits 1
-ENV_LINE="$(uname -sr), $(nproc) CPUs (${CPU_MODEL:-unknown CPU}), ${WRK_VERSION:-wrk}"
 GIT_REV="$(git rev-parse --short HEAD 2>/dev/null || echo "no commit")"
 if [[ -n "$(git status --porcelain 2>/dev/null | head -n1)" ]]; then GIT_REV+=" (dirty)"; fi
+META="$RUN_DIR/meta.txt"
+{
+    echo "name=$NAME"
+    echo "date=$DAY"
+    echo "started=$START_TIME"
+    echo "finished=$(date -Is)"
+    echo "command=$COMMAND_LINE"
+    echo "machine=$(uname -sr), $(nproc) CPUs (${CPU_MODEL:-unknown CPU})"
+    echo "git=$GIT_REV"
+    echo "client=$(target/release/shardpay-bench --version 2>/dev/null || echo shardpay-bench)"
+    echo "targets=$TARGETS"
+    echo "scenarios=$SCENARIOS"
+    echo "shards=$SHARDS"
+    echo "rates=$(IFS=,; echo "${RUN_RATES[*]}")"
+    echo "rounds=$ROUNDS"
+    echo "duration_s=$DURATION"
+    echo "warmup_s=$WARMUP"
+    echo "connections=$CONNECTIONS"
+    echo "pipeline_depth=$PIPELINE_DEPTH"
+    echo "users=$USERS"
+    echo "shard_aware=$SHARD_AWARE"
+    echo "cross_shard_ratio=$CROSS_SHARD_RATIO"
+    echo "server_cpus=$SERVER_CPUS"
+    echo "port_base=$PORT_BASE"
+    echo "client_cpus=$CLIENT_CPUS"
+    echo "other_load_max=$OTHER_LOAD_MAX"
+    echo "raw=$RUN_DIR"
+    for n in "${NOTES[@]+"${NOTES[@]}"}"; do echo "note=$n"; done
+} >"$META"
 
-python3 - "$RUNS_JSONL" "$BASE.json" "$BASE.md" "$COMMAND_LINE" "$DAY" "$ENV_LINE" "$GIT_REV" \
-    "$SERVER_CPU" "$WRK_CPU" "$PIPELINE_DEPTH" "$WARMUP_S" "$RAW_DIR" "$ROUNDS" \
-    "$TARGETS" "$TESTS" "$SHARDS" "$VIA" "${PORT[shardpay]}" "$SHARD_PORT_BASE" <<'PY'
-import json, statistics, sys
+"${REPORTER[@]}" report --runs "$RUNS_JSONL" --meta "$META" --json "$BASE.json" --md "$BASE.md" ||
+    die "the report generator failed (runs: $RUNS_JSONL)"
+target/release/shardpay-bench-chart "$BASE.json" >&2 || die "shardpay-bench-chart failed on $BASE.json"
+echo "Results: $BASE.json, $BASE.md, $BASE-throughput.png, $BASE-latency.png; raw outputs in $RUN_DIR/" >&2
 
-(runs_path, json_path, md_path, cmdline, day, env, rev, scpu, wcpu, depth, warm, raw,
- rounds, targets_arg, tests_arg, shards_arg, via_arg, public_port, shard_port_base) = sys.argv[1:]
-rounds = int(rounds)
-targets = targets_arg.split(",")
-tests = tests_arg.split(",")
-runs = [json.loads(l) for l in open(runs_path) if l.strip()]
-runs.sort(key=lambda r: r["seq"])
-OTHER_LIMIT = 0.05  # fraction of the run: above it, the run was disturbed
-
-def median(values, ndigits=3):
-    """Median of the values that are not None (None if there are none)."""
-    v = [x for x in values if x is not None]
-    return None if not v else round(statistics.median(v), ndigits)
-
-def other_frac(r):
-    return r["other_cpu_s"] / r["duration_s"]
-
-def busy_frac(r):
-    return r["server_cpu_s"] / r["duration_s"]
-
-by_pair = {}
-for r in runs:
-    by_pair.setdefault((r["target"], r["test"]), []).append(r)
-pairs = [(a, t) for a in targets for t in tests if (a, t) in by_pair]
-
-summary = []
-for target, test in pairs:
-    rs = by_pair[(target, test)]
-    col = lambda k: [r[k] for r in rs]
-    req = median(col("requests"), 0)
-    summary.append({
-        "target": target,
-        "test": test,
-        "shards": rs[0].get("shards"),
-        "via": rs[0].get("via"),
-        "connections": rs[0]["connections"],
-        "duration_s": rs[0]["duration_s"],
-        "requests": None if req is None else int(req),
-        "requests_per_sec": median(col("requests_per_sec"), 2),
-        "latency_p50_ms": median(col("latency_p50_ms")),
-        "latency_p99_ms": median(col("latency_p99_ms")),
-        "server_cpu_us_per_request": median(col("server_cpu_us_per_request")),
-        "rounds": len(rs),
-        "runs": rs,
-    })
-with open(json_path, "w") as f:
-    json.dump(summary, f, indent=2)
-    f.write("\n")
-
-def fmt(v, spec, none="n/a"):
-    return none if v is None else format(v, spec)
-
-def rotation(k):
-    n = len(targets)
-    return " ".join(targets[(i + k - 1) % n] for i in range(n))
-
-L = []
-L.append(f"# Server-core benchmark, {day}")
-L.append("")
-L.append(f"Command: `{cmdline}`")
-L.append("")
-L.append(f"Rounds: {rounds}. Each round runs every (test, target) pair once: for each test "
-         f"({', '.join(tests)}), each target, with the target order rotated every round ("
-         + "; ".join(f"round {k}: {rotation(k)}" for k in range(1, min(rounds, len(targets)) + 1))
-         + (", and so on" if rounds > len(targets) else "")
-         + "), so that a drift in machine speed hits every target alike. Every run starts a "
-         "fresh server and stops it after the measured run. Figures below are medians over "
-         "rounds (user and sys each on its own), with the min–max of server CPU µs/req.")
-if "balances" in tests:
-    L.append("")
-    L.append("balances = `GET /v1/balances` with `Authorization: Bearer <access token>` (an "
-             "authenticated read of a user with one USD balance), against shardpay only (the "
-             "peers have no such route). Before its warm-up each run signs the user up, logs "
-             "in and deposits with the admin key (not measured); config/bench.toml raises "
-             "the per-user request limit so that the one user is not throttled.")
-if "payments" in tests:
-    L.append("")
-    L.append("payments = `POST /v1/payments` (`bench/wrk/payments.lua`), 1 USD per request from "
-             "one payer, each request with a new `Idempotency-Key`, alternating between a payee "
-             "on the payer's home shard and, with more than one shard, a payee on another "
-             "shard (half the payments cross-shard; with one shard, both local); against "
-             "shardpay only. Before its warm-up each run signs up the payer and the payees, "
-             "logs in, deposits with the admin key and checks one payment to each payee (not "
-             "measured); after it, the payer's balance must show at least as many payments as "
-             "wrk counted answers (no replayed key).")
-L.append("")
-L.append(f"Machine: {env}. Git: {rev}.")
-if "shardpay" in targets:
-    L.append(f"shardpay: {shards_arg} shard{'s' if shards_arg != '1' else ''} "
-             f"(`--shards {shards_arg} --cpus {scpu}`: all on CPU {scpu}).")
-via_runs = [r for r in runs if r["target"] == "shardpay" and r["test"] in ("balances", "payments")]
-if via_runs:
-    ports = sorted({r.get("wrk_port") for r in via_runs if r.get("wrk_port") is not None})
-    homes = sorted({r.get("home_shard") for r in via_runs if r.get("home_shard") is not None})
-    where = {
-        "public": f"the public port {public_port}, where SO_REUSEPORT spreads the connections "
-                  "over the shards (with several shards, requests that land off the user's home "
-                  "shard are forwarded over the mesh)",
-        "home": "the shard-aware port of the benchmark user's home shard (the payer's for "
-                "payments): no request is forwarded",
-        "other": "the shard-aware port of a shard that is not the benchmark user's home shard "
-                 "(the payer's for payments; the next shard, home + 1 mod shards): every request "
-                 "is forwarded over the mesh",
-    }[via_arg]
-    L.append(f"Via: **{via_arg}** (`--via {via_arg}`): for shardpay's balances and payments, wrk "
-             f"connects to {where}; port{'s' if len(ports) != 1 else ''} "
-             f"{', '.join(map(str, ports)) or 'n/a'}, home shard{'s' if len(homes) != 1 else ''} "
-             f"{', '.join(map(str, homes)) or 'n/a'} (from the user id's slot, checked against "
-             "X-Shard). Other tests connect to the public port.")
-L.append(f"Server on CPU {scpu}, `taskset -c {wcpu} wrk -t1` on CPU {wcpu}; "
-         f"{warm} s warm-up before each measured run; pipelined = depth {depth}. "
-         f"Raw outputs: `{raw}/round-K/`.")
-L.append("")
-L.append("| target | shards | test | via | conns | duration (s) | rounds | requests/s | p50 (ms) "
-         "| p99 (ms) | server CPU (µs/req) | min–max | user | sys | server CPU busy "
-         f"| other load on CPU {scpu} (max) | wrk errors (all runs) |")
-L.append("|---|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-
-def shards_cell(r):
-    # Older runs.jsonl lack the key; the peers have no shards.
-    return "—" if r.get("shards") is None else str(r["shards"])
-
-def via_cell(r, port=False):
-    # Older runs.jsonl lack the key; the peers have only their public port.
-    if r.get("via") is None:
-        return "—"
-    if port and r.get("wrk_port") is not None:
-        return f"{r['via']} (:{r['wrk_port']})"
-    return r["via"]
-
-any_disturbed = False
-
-def bad_responses(r):
-    # Responses neither 2xx nor 3xx, measured and warm-up (older runs.jsonl lack the keys).
-    return r.get("non_2xx", 0) + r.get("warmup_non_2xx", 0)
-
-def errors_cell(rs):
-    cell = str(sum(r["errors"] for r in rs))
-    return cell + " ⚠³" if any(bad_responses(r) for r in rs) else cell
-
-broken = [r for r in runs if bad_responses(r)]
-for s in summary:
-    rs = s["runs"]
-    cpu = [r["server_cpu_us_per_request"] for r in rs if r["server_cpu_us_per_request"] is not None]
-    rng = f"{min(cpu):.3f}–{max(cpu):.3f}" if cpu else "n/a"
-    other_max = max(other_frac(r) for r in rs)
-    flag = ""
-    if other_max > OTHER_LIMIT:
-        any_disturbed = True
-        flag = " ⚠²"
-    L.append(f"| {s['target']} | {shards_cell(s)} | {s['test']} | {via_cell(s)} | {s['connections']} "
-             f"| {s['duration_s']} "
-             f"| {s['rounds']} | {fmt(s['requests_per_sec'], '.0f')} "
-             f"| {fmt(s['latency_p50_ms'], '.3f', 'n/a¹')} | {fmt(s['latency_p99_ms'], '.3f', 'n/a¹')} "
-             f"| {fmt(s['server_cpu_us_per_request'], '.3f')} | {rng} "
-             f"| {fmt(median(r['server_user_us_per_request'] for r in rs), '.3f')} "
-             f"| {fmt(median(r['server_sys_us_per_request'] for r in rs), '.3f')} "
-             f"| {median(busy_frac(r) * 100 for r in rs):.0f}% "
-             f"| {other_max * 100:.0f}%{flag} | {errors_cell(rs)} |")
-L.append("")
-L.append("Server CPU = utime + stime of the server process (all threads) over the measured "
-         "run, from /proc/PID/stat, split into user and sys (kernel: syscalls and, on "
-         "loopback, much of the TCP work of both ends); \"server CPU busy\" below ~100% "
-         "means the server was not "
-         "saturated (wrk, on one core, was the limit). \"Other load\" is busy time of the "
-         "server's core not spent in the server (other processes, kernel threads, irqs), "
-         "the largest over the pair's runs; "
-         "if it is more than a few %, the run was disturbed.")
-if any(r["latency_p50_ms"] is None for r in runs):
-    L.append("")
-    L.append("¹ Not reported: for pipelined runs wrk records one latency per batch of "
-             f"{depth} and its coordinated-omission correction, computed from the response "
-             "count, corrupts the distribution (percentiles of 0 µs; wg/wrk#236). Where "
-             "only some runs of a pair lack a latency, the median is over the others.")
-if any_disturbed:
-    L.append("")
-    L.append(f"² At least one run of this pair had other load above {OTHER_LIMIT:.0%} on the "
-             "server's core (see the warning below).")
-if broken:
-    L.append("")
-    L.append("³ **Errors**: at least one run of this pair got responses that were neither 2xx "
-             "nor 3xx (wrk's \"Non-2xx or 3xx responses\"), so it measured something other "
-             "than the intended request; its figures are not valid. See the error list below.")
-
-run_at = {(r["target"], r["test"], r["round"]): r for r in runs}
-ratio_lines = []
-for num, den in [("shardpay", "bare-glommio"), ("shardpay", "actix"), ("actix", "bare-glommio")]:
-    for t in tests:
-        per_round = []
-        for k in range(1, rounds + 1):
-            a, b = run_at.get((num, t, k)), run_at.get((den, t, k))
-            if not a or not b:
-                continue
-            x, y = a["server_cpu_us_per_request"], b["server_cpu_us_per_request"]
-            per_round.append((k, x / y if x and y else None))
-        if not per_round:
-            continue
-        vals = [v for _, v in per_round if v is not None]
-        if vals:
-            cell = f"{statistics.median(vals):.2f} [{min(vals):.2f}–{max(vals):.2f}]"
-        else:
-            cell = "n/a"
-        each = ", ".join(f"{fmt(v, '.2f')}" for _, v in per_round)
-        ratio_lines.append(f"| {num} / {den} | {t} | {cell} | {each} |")
-
-def ratio_line(label, test_label, num, den):
-    """A ratio of two (target, test) pairs, each round's runs against each other."""
-    per_round = []
-    for k in range(1, rounds + 1):
-        a, b = run_at.get(num + (k,)), run_at.get(den + (k,))
-        if not a or not b:
-            continue
-        x, y = a["server_cpu_us_per_request"], b["server_cpu_us_per_request"]
-        per_round.append(x / y if x and y else None)
-    if not per_round:
-        return None
-    vals = [v for v in per_round if v is not None]
-    cell = f"{statistics.median(vals):.2f} [{min(vals):.2f}–{max(vals):.2f}]" if vals else "n/a"
-    each = ", ".join(fmt(v, ".2f") for v in per_round)
-    return f"| {label} | {test_label} | {cell} | {each} |"
-
-# The auth/payments figure: an authenticated balance read against a /json request, both on
-# shardpay in the same round (the issue's bound: at most 2x).
-line = ratio_line("shardpay balances / shardpay json", "balances ÷ json",
-                  ("shardpay", "balances"), ("shardpay", "json"))
-if line:
-    ratio_lines.append(line)
-line = ratio_line("shardpay payments / shardpay json", "payments ÷ json",
-                  ("shardpay", "payments"), ("shardpay", "json"))
-if line:
-    ratio_lines.append(line)
-L.append("")
-L.append("Server CPU-µs per request, ratios, each taken within one round and test "
-         "(both runs in the same round), median [min–max] over rounds:")
-L.append("")
-if ratio_lines:
-    L.append("| ratio | test | CPU-µs/req ratio, median [min–max] | per round (1, 2, …) |")
-    L.append("|---|---|--:|--:|")
-    L.extend(ratio_lines)
-else:
-    L.append("(none: needs two of shardpay, bare-glommio and actix together, or shardpay's "
-             "balances or payments test together with its json test)")
-
-checks = [r for r in runs if r["server_responses"] is not None]
-if checks:
-    L.append("")
-    L.append("Request-count check: responses the server wrote during the measured run "
-             "(its SIGUSR1 counter) versus wrk's count. wrk counts responses (not pipelined "
-             "batches) and misses those still in flight when it stops, so the server's count "
-             "may exceed wrk's by up to connections x depth.")
-    L.append("")
-    for r in checks:
-        d = r["server_responses"] - r["requests"]
-        L.append(f"- round {r['round']}, {r['target']} / {r['test']}: server "
-                 f"{r['server_responses']}, wrk {r['requests']}, difference {d:+d}")
-
-if broken:
-    L.append("")
-    L.append("**Errors**: responses neither 2xx nor 3xx during: "
-             + ", ".join(f"round {r['round']} {r['target']}/{r['test']} "
-                         f"(measured {r.get('non_2xx', 0)}, warm-up {r.get('warmup_non_2xx', 0)})"
-                         for r in broken)
-             + ". The benchmark is broken: see the raw wrk outputs and server logs.")
-
-disturbed = [r for r in runs if other_frac(r) > OTHER_LIMIT]
-if disturbed:
-    L.append("")
-    L.append(f"**Warning**: other load above {OTHER_LIMIT:.0%} on the server's core during: "
-             + ", ".join(f"round {r['round']} {r['target']}/{r['test']} "
-                         f"({other_frac(r):.0%})" for r in disturbed)
-             + ". Re-run on a quiet machine.")
-
-L.append("")
-L.append("All runs, in the order they ran:")
-L.append("")
-L.append("| # | round | target | shards | test | via (port) | requests/s | server CPU (µs/req) "
-         "| user | sys | server CPU busy | other load | wrk errors |")
-L.append("|--:|--:|---|--:|---|---|--:|--:|--:|--:|--:|--:|--:|")
-for r in runs:
-    L.append(f"| {r['seq']} | {r['round']} | {r['target']} | {shards_cell(r)} | {r['test']} "
-             f"| {via_cell(r, port=True)} "
-             f"| {r['requests_per_sec']:.0f} | {fmt(r['server_cpu_us_per_request'], '.3f')} "
-             f"| {fmt(r['server_user_us_per_request'], '.3f')} "
-             f"| {fmt(r['server_sys_us_per_request'], '.3f')} "
-             f"| {busy_frac(r):.0%} | {other_frac(r):.0%} "
-             f"| {r['errors']}{' ⚠³' if bad_responses(r) else ''} |")
-
-text = "\n".join(L) + "\n"
-with open(md_path, "w") as f:
-    f.write(text)
-print(text)
-print(f"Results: {json_path}, {md_path}, raw outputs in {raw}/")
-PY
-
-# A broken benchmark is loud: any response that was neither 2xx nor 3xx, in a
-# measured or a warm-up run, fails the script (the report is written first).
-BAD_RUNS="$(python3 -c 'import json, sys
-print(sum(1 for l in open(sys.argv[1]) if l.strip()
-          and json.loads(l).get("non_2xx", 0) + json.loads(l).get("warmup_non_2xx", 0) > 0))' \
-    "$RUNS_JSONL")"
+# A broken benchmark is loud: any run with an error, a failed set-up or a
+# dead server fails the script (the report is written first).
+BAD_RUNS="$("${REPORTER[@]}" failures --runs "$RUNS_JSONL")"
 if ((BAD_RUNS > 0)); then
-    echo "bench.sh: $BAD_RUNS run(s) got non-2xx/3xx responses: the benchmark is broken" \
-        "(see $BASE.md)" >&2
+    echo "bench.sh: ERROR: $BAD_RUNS of $TOTAL_RUNS run(s) had errors or failed; their figures are not valid" \
+        "(see the Errors section of $BASE.md)" >&2
     exit 1
 fi

@@ -3,6 +3,7 @@
 //! [`run::run`] does a whole run; the binary (`src/main.rs`) adds the command line, the summary
 //! table and `--json`. See docs/PERFORMANCE.md for how to run and read it.
 
+pub mod chart;
 pub mod client;
 pub mod clock;
 pub mod http;

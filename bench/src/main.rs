@@ -58,11 +58,7 @@ struct Cli {
     #[arg(long)]
     cross_shard_ratio: Option<f64>,
     /// Admin API key for the set-up deposits.
-    #[arg(
-        long,
-        env = "SHARDPAY_BENCH_ADMIN_KEY",
-        default_value = "dev-admin-key-not-for-production"
-    )]
+    #[arg(long, default_value = "dev-admin-key-not-for-production")]
     admin_key: String,
     /// Currency of deposits and payments.
     #[arg(long, default_value = "USD")]
