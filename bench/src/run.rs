@@ -221,8 +221,9 @@ pub struct Report {
     pub server_cpu: Option<CpuReport>,
     /// Connections opened, reconnects included.
     pub connects: u64,
-    /// Open loop: how late requests were written after their due time, µs (1 µs resolution).
-    /// Latencies include this lag; a large one means the client could not keep its schedule.
+    /// Open loop: how late the client wrote requests, µs (1 µs resolution): from the due time, or
+    /// from when a connection busy with earlier requests got room, to the write. Latencies include
+    /// it; a large one means the client could not keep its schedule.
     pub client_send_lag_us: Option<LatencySummary>,
 }
 

@@ -109,7 +109,8 @@ pub struct WorkerResult {
     pub payments_cross_shard: u64,
     /// Connections opened (including reconnects).
     pub connects: u64,
-    /// Open loop: how late each request of the measured window was written, after its due time.
+    /// Open loop: how late the client wrote each request of the measured window, after its due
+    /// time or after its connection got room for it, whichever is later.
     pub send_lag: Latencies,
 }
 
@@ -147,6 +148,9 @@ struct Connection {
     input_start: usize,
     input_end: usize,
     in_flight: VecDeque<InFlight>,
+    /// Since when the connection has had room for another request (connected, or an answer
+    /// arrived while it was full): open-loop lateness is counted from here or the due time.
+    room_since_ns: u64,
     schedule: Option<Schedule>,
     reconnect_at_ns: Option<u64>,
 }
@@ -197,6 +201,7 @@ impl Worker {
                 input_start: 0,
                 input_end: 0,
                 in_flight: VecDeque::with_capacity(plan.depth),
+                room_since_ns: 0,
                 // Connections start spread over one interval, so the load is smooth.
                 schedule: plan.rate_per_connection.map(|rate| {
                     let interval_ns = 1e9 / rate;
@@ -368,6 +373,7 @@ impl Worker {
             }
             let _ = stream.set_nodelay(true);
             connection.connected = true;
+            connection.room_since_ns = now;
             if self.timer.is_some() {
                 self.issue_due(index, now);
             } else {
@@ -455,6 +461,9 @@ impl Worker {
                     return false;
                 }
             };
+            if connection.in_flight.len() == self.plan.depth {
+                connection.room_since_ns = now;
+            }
             let Some(request) = connection.in_flight.pop_front() else {
                 self.fail_connection(
                     index,
@@ -534,7 +543,10 @@ impl Worker {
                 break;
             };
             if now >= self.plan.measure_start_ns {
-                self.result.send_lag.record(due, now);
+                // Late only by the client's own doing: a request that waited for a connection
+                // busy with earlier requests waited for the server (its latency shows that).
+                let room_since = self.connections[index].room_since_ns;
+                self.result.send_lag.record(due.max(room_since), now);
             }
             self.push_request_at(index, due);
             issued = true;
