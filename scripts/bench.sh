@@ -6,7 +6,7 @@
 # table and PNG charts.
 #
 # Targets (--targets):
-#   shardpay      this server: --shards N --cpus SERVER_CPUS, config/bench.toml
+#   shardpay      this server: --shards N --cpus SERVER_CPUS, --config FILE
 #   axum          bench/peers/axum: shardpay's API on tokio + axum, --threads N
 #   bare-glommio  bench/peers/bare-glommio: the floor, one glommio loop (1 core)
 #   actix         bench/peers/actix: actix-web, one worker (1 core)
@@ -102,6 +102,8 @@
 #   --port-base P         public ports: shardpay P, bare-glommio P+1, actix P+2,
 #                         axum P+3 (default 8080)
 #   --shard-port-base Q   shardpay's shard-aware ports Q..Q+shards-1 (default 7100)
+#   --config FILE         shardpay's configuration (default config/bench.toml;
+#                         the defaults' limits would throttle a benchmark)
 #   --name NAME           results name (default bench)
 #   --no-build            do not run cargo build
 #   -h, --help            this text
@@ -151,6 +153,7 @@ CROSS_SHARD_RATIO=""
 SERVER_CPUS="1"
 CLIENT_CPUS="0"
 NAME="bench"
+SHARDPAY_CONFIG="config/bench.toml"
 BUILD=1
 
 PORT_BASE=8080       # public ports: PORT_BASE + 0 (shardpay), 1, 2, 3 (peers)
@@ -227,6 +230,8 @@ while [[ $# -gt 0 ]]; do
         --port-base=*) PORT_BASE="${1#*=}"; shift ;;
         --shard-port-base) need_value "$@"; SHARD_PORT_BASE="$2"; shift 2 ;;
         --shard-port-base=*) SHARD_PORT_BASE="${1#*=}"; shift ;;
+        --config) need_value "$@"; SHARDPAY_CONFIG="$2"; shift 2 ;;
+        --config=*) SHARDPAY_CONFIG="${1#*=}"; shift ;;
         --no-build) BUILD=0; shift ;;
         -h|--help) usage 0 ;;
         *) bad_arg "unknown argument: $1" ;;
@@ -262,6 +267,8 @@ int_in_range "$SHARD_PORT_BASE" 1024 65535 ||
     bad_arg "--shard-port-base must be a port from 1024 to 65535"
 [[ "$NAME" =~ ^[A-Za-z0-9._-]{1,100}$ && "$NAME" != .* ]] ||
     bad_arg "--name may only contain letters, digits, '.', '_' and '-' (at most 100, not starting with '.')"
+[[ -f "$SHARDPAY_CONFIG" && -r "$SHARDPAY_CONFIG" ]] ||
+    bad_arg "--config: '$SHARDPAY_CONFIG' is not a readable file"
 
 # split_list NAME VALUE: the comma list VALUE into the array NAME, refusing
 # empty items and duplicates.
@@ -460,7 +467,7 @@ target_command() {
     case "$target" in
         shardpay)
             CMD=(taskset -c "$SERVER_CPUS" target/release/shardpay serve
-                --config config/bench.toml --shards "$n" --cpus "$SERVER_CPUS"
+                --config "$SHARDPAY_CONFIG" --shards "$n" --cpus "$SERVER_CPUS"
                 --shard-port-base "$SHARD_PORT_BASE"
                 --listen "127.0.0.1:${PORT[shardpay]}") ;;
         axum)
@@ -782,6 +789,7 @@ META="$RUN_DIR/meta.txt"
     echo "shard_aware=$SHARD_AWARE"
     echo "cross_shard_ratio=$CROSS_SHARD_RATIO"
     echo "server_cpus=$SERVER_CPUS"
+    echo "shardpay_config=$SHARDPAY_CONFIG"
     echo "port_base=$PORT_BASE"
     echo "client_cpus=$CLIENT_CPUS"
     echo "other_load_max=$OTHER_LOAD_MAX"

@@ -303,7 +303,7 @@ def markdown(results, ratios, runs, meta):
         for k in range(1, min(rounds, len(targets)) + 1))
     L.append(
         f"Server on CPU {meta['server_cpus']} (`taskset`, all threads; shardpay `--shards N --cpus "
-        f"{meta['server_cpus']}` with `config/bench.toml`, axum `--threads N`), client "
+        f"{meta['server_cpus']}` with `{meta.get('shardpay_config', 'config/bench.toml')}`, axum `--threads N`), client "
         f"`shardpay-bench` on CPU {meta['client_cpus']} ({len(client_cpus)} thread(s)), "
         f"{meta['connections']} connections, {meta['warmup_s']} s warm-up + {meta['duration_s']} s "
         f"measured per run, {meta['users']} users set up per run for balance/payments/mixed"
