@@ -148,3 +148,28 @@ fn a_dead_server_is_a_connection_error_not_a_hang() {
         other => panic!("expected a set-up error, got {other:?}"),
     }
 }
+
+#[test]
+fn logins_never_revoke_the_sessions_the_other_requests_use() {
+    // A user holds at most 64 sessions and a new login revokes the oldest. A login-heavy mix with
+    // one token user per shard would soon revoke its tokens (401s) if logins used those users.
+    // Cheap password hashes (1 MiB, one pass), so that a few seconds hold hundreds of logins.
+    let mut env = BENCH_ENV.to_vec();
+    env.extend([
+        ("SHARDPAY_AUTH_PASSWORD_MEMORY_KIB", "1024"),
+        ("SHARDPAY_AUTH_PASSWORD_ITERATIONS", "1"),
+    ]);
+    let server = Server::start(2, &env);
+    let mut config = bench_config(&server, Scenario::Mixed);
+    config.mix = Some(Mix::parse("login=3,balance=1").unwrap());
+    config.users = 1;
+    config.connections = 4;
+    config.duration = Duration::from_secs(3);
+    let report = run(&config).unwrap();
+    assert_clean(&report);
+    let logins = report.kinds["login"].ok;
+    assert!(
+        logins > 2 * 64,
+        "only {logins} logins: not enough to fill two users' sessions"
+    );
+}

@@ -326,29 +326,55 @@ pub fn run(config: &RunConfig) -> Result<Report, RunError> {
         )));
     }
     let prefix = run_prefix();
-    let users: Vec<User> = if mix.needs_users() {
+    let plan = UserPlan {
+        count: config.users,
+        per_shard_min: if mix.contains(Kind::Payment) { 2 } else { 1 },
+        prefix: prefix.clone(),
+        tag: 'u',
+        log_in: true,
+        password: config.password.clone(),
+        admin_key: config.admin_key.clone(),
+        deposit: config.deposit,
+        currency: config.currency.clone(),
+        connections: config.setup_connections,
+    };
+    let token_kinds = mix
+        .entries()
+        .iter()
+        .any(|(kind, _)| kind.needs_users() && *kind != Kind::Login);
+    let users: Vec<User> = if token_kinds {
+        setup::create_users(&target, &plan).map_err(RunError::Setup)?
+    } else {
+        Vec::new()
+    };
+    // Logins go to users of their own (a tenth as many, at least one per shard): a user's
+    // sessions are capped, and the oldest is revoked first, which would be the token users'.
+    let login_users: Vec<User> = if mix.contains(Kind::Login) {
         let plan = UserPlan {
-            count: config.users,
-            per_shard_min: if mix.contains(Kind::Payment) { 2 } else { 1 },
-            prefix: prefix.clone(),
-            password: config.password.clone(),
-            admin_key: config.admin_key.clone(),
-            deposit: config.deposit,
-            currency: config.currency.clone(),
-            connections: config.setup_connections,
+            count: (config.users / 10).max(1),
+            per_shard_min: 1,
+            tag: 'l',
+            log_in: false,
+            deposit: 0,
+            ..plan
         };
         setup::create_users(&target, &plan).map_err(RunError::Setup)?
     } else {
         Vec::new()
     };
-    let mut users_by_shard = vec![Vec::new(); target.shards];
-    for (index, user) in users.iter().enumerate() {
-        users_by_shard[user.shard].push(index as u32);
-    }
+    let by_shard = |users: &[User]| {
+        let mut by_shard = vec![Vec::new(); target.shards];
+        for (index, user) in users.iter().enumerate() {
+            by_shard[user.shard].push(index as u32);
+        }
+        by_shard
+    };
     let workload = Arc::new(Workload {
         mix: mix.clone(),
+        users_by_shard: by_shard(&users),
         users,
-        users_by_shard,
+        login_users_by_shard: by_shard(&login_users),
+        login_users,
         shards: target.shards,
         cross_shard_ratio: config.cross_shard_ratio,
         host_header: format!("Host: {host}\r\n").into_bytes(),

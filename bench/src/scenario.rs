@@ -290,6 +290,12 @@ pub struct Workload {
     pub users: Vec<User>,
     /// Indexes into `users`, per home shard.
     pub users_by_shard: Vec<Vec<u32>>,
+    /// Users that only log in (the `login` kind), apart from `users`: a user's sessions are
+    /// capped (the oldest is revoked), so logging the token users in over and over would revoke
+    /// the tokens the other requests carry.
+    pub login_users: Vec<User>,
+    /// Indexes into `login_users`, per home shard.
+    pub login_users_by_shard: Vec<Vec<u32>>,
     /// Shards of the target (1 without a cluster map).
     pub shards: usize,
     /// Probability that a payment goes to a user on another shard; `None`: any user at random.
@@ -388,7 +394,7 @@ impl Generator {
                 self.json_body(out, &body);
             }
             Kind::Login => {
-                let user = &workload.users[self.pick_user(shard) as usize];
+                let user = &workload.login_users[self.pick_login_user(shard) as usize];
                 let body = serde_json::json!({
                     "username": user.username,
                     "password": workload.password,
@@ -450,6 +456,18 @@ impl Generator {
                 users[self.rng.below(users.len() as u64) as usize]
             }
             None => self.rng.below(workload.users.len() as u64) as u32,
+        }
+    }
+
+    /// A login-only user on `shard` (shard-aware connections), else any.
+    fn pick_login_user(&mut self, shard: Option<usize>) -> u32 {
+        let workload = &self.workload;
+        match shard {
+            Some(shard) => {
+                let users = &workload.login_users_by_shard[shard];
+                users[self.rng.below(users.len() as u64) as usize]
+            }
+            None => self.rng.below(workload.login_users.len() as u64) as u32,
         }
     }
 
@@ -568,10 +586,20 @@ mod tests {
                 }
             })
             .collect();
+        let login_users: Vec<User> = (0..shards)
+            .map(|shard| User {
+                id: format!("usr_{shard:04x}ffff"),
+                username: format!("login{shard}"),
+                shard,
+                authorization: Vec::new(),
+            })
+            .collect();
         Arc::new(Workload {
             mix,
             users,
             users_by_shard,
+            login_users_by_shard: (0..shards).map(|shard| vec![shard as u32]).collect(),
+            login_users,
             shards,
             cross_shard_ratio: ratio,
             host_header: b"Host: localhost\r\n".to_vec(),
@@ -695,6 +723,11 @@ mod tests {
             }
             if expect.kind == Kind::Payment {
                 assert!(keys.insert(header("idempotency-key").unwrap()), "repeated key");
+            }
+            if expect.kind == Kind::Login {
+                // Login-only users, never the ones whose tokens the other requests carry.
+                let body = std::str::from_utf8(&out[head..]).unwrap();
+                assert!(body.contains("\"username\":\"login"), "{body}");
             }
             if expect.kind.needs_users() && expect.kind != Kind::Login {
                 assert!(header("authorization").unwrap().starts_with("Bearer token"));

@@ -178,6 +178,10 @@ pub struct UserPlan {
     pub per_shard_min: usize,
     /// Prefix of the usernames, unique per run.
     pub prefix: String,
+    /// Letter between the prefix and the number, telling user sets apart (`u`, `l`).
+    pub tag: char,
+    /// Log each user in and keep its access token (login-only users need none).
+    pub log_in: bool,
     /// Password of every user.
     pub password: String,
     /// The admin API key for deposits.
@@ -199,7 +203,7 @@ pub fn plan_usernames(target: &Target, plan: &UserPlan) -> Vec<(String, usize)> 
     let mut names = Vec::with_capacity(quota * shards);
     let mut candidate = 0u64;
     while filled.iter().any(|&count| count < quota) {
-        let name = format!("{}u{candidate}", plan.prefix);
+        let name = format!("{}{}{candidate}", plan.prefix, plan.tag);
         candidate += 1;
         let shard = target.shard_of_slot(slot_of_username(&name));
         if filled[shard] < quota {
@@ -327,21 +331,26 @@ fn create_user(
             "deposit",
         )?;
     }
-    let reply = send(
-        client,
-        "POST",
-        "/v1/sessions",
-        &[],
-        Some(&credentials),
-        201,
-        "login",
-    )?;
-    let session: Session = parse(&reply, "login")?;
+    let authorization = if plan.log_in {
+        let reply = send(
+            client,
+            "POST",
+            "/v1/sessions",
+            &[],
+            Some(&credentials),
+            201,
+            "login",
+        )?;
+        let session: Session = parse(&reply, "login")?;
+        format!("Authorization: Bearer {}\r\n", session.access_token).into_bytes()
+    } else {
+        Vec::new()
+    };
     Ok(User {
         id: created.id,
         username: username.to_string(),
         shard,
-        authorization: format!("Authorization: Bearer {}\r\n", session.access_token).into_bytes(),
+        authorization,
     })
 }
 
@@ -438,6 +447,8 @@ mod tests {
             count: 7,
             per_shard_min: 2,
             prefix: "t".into(),
+            tag: 'u',
+            log_in: true,
             password: String::new(),
             admin_key: String::new(),
             deposit: 0,
