@@ -113,7 +113,11 @@ fn wrong_answers_are_counted_as_errors() {
     assert!(throttled.count > 0);
     assert!(throttled.example.contains("rate_limit"), "{}", throttled.example);
     assert!(report.failed > 0);
-    assert!(!shardpay_bench::report::errors(&report).is_empty());
+    let printed = shardpay_bench::report::errors(&report);
+    assert!(
+        printed.contains("status_429") && printed.contains("config/bench.toml"),
+        "{printed}"
+    );
 }
 
 #[test]

@@ -119,6 +119,13 @@ pub fn errors(report: &Report) -> String {
         for (kind, error) in &report.errors_by_kind {
             let _ = writeln!(out, "  {kind:<22} {:>10}   first: {}", error.count, error.example);
         }
+        if report.errors_by_kind.contains_key("status_429") {
+            out.push_str(
+                "  hint: 429 is the server's rate limiting; a benchmark drives a few users far \
+                 beyond a real user's rate: run shardpay with config/bench.toml (or raise \
+                 auth.user_request_burst and auth.login_attempts_per_ip_max)\n",
+            );
+        }
     }
     out
 }
