@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::clock::{now_ns, NS_PER_SECOND};
 use crate::latency::{Latencies, LatencySummary};
 use crate::procstat::{cpu_time, CpuTime};
-use crate::scenario::{Generator, Kind, Mix, Scenario, User, Workload, KINDS};
+use crate::scenario::{Generator, Kind, Mix, Scenario, User, UserSet, Workload, KINDS};
 use crate::setup::{self, SetupError, Target, UserPlan};
 use crate::worker::{self, ConnectionPlan, Progress, WorkerPlan, WorkerResult};
 
@@ -362,19 +362,10 @@ pub fn run(config: &RunConfig) -> Result<Report, RunError> {
     } else {
         Vec::new()
     };
-    let by_shard = |users: &[User]| {
-        let mut by_shard = vec![Vec::new(); target.shards];
-        for (index, user) in users.iter().enumerate() {
-            by_shard[user.shard].push(index as u32);
-        }
-        by_shard
-    };
     let workload = Arc::new(Workload {
         mix: mix.clone(),
-        users_by_shard: by_shard(&users),
-        users,
-        login_users_by_shard: by_shard(&login_users),
-        login_users,
+        users: UserSet::new(users, target.shards),
+        login_users: UserSet::new(login_users, target.shards),
         shards: target.shards,
         cross_shard_ratio: config.cross_shard_ratio,
         host_header: format!("Host: {host}\r\n").into_bytes(),
@@ -384,7 +375,13 @@ pub fn run(config: &RunConfig) -> Result<Report, RunError> {
         payment_amount: config.payment_amount,
     });
     let results = run_workers(config, &target, &workload)?;
-    Ok(build_report(config, &target, &mix, workload.users.len(), results))
+    Ok(build_report(
+        config,
+        &target,
+        &mix,
+        workload.users.users.len(),
+        results,
+    ))
 }
 
 struct Measured {

@@ -281,21 +281,53 @@ pub struct User {
     pub authorization: Vec<u8>,
 }
 
+/// A set of users and, per home shard, the indexes of those who live there.
+#[derive(Debug, Default)]
+pub struct UserSet {
+    /// The users.
+    pub users: Vec<User>,
+    /// Indexes into `users`, per home shard.
+    pub by_shard: Vec<Vec<u32>>,
+}
+
+impl UserSet {
+    /// `users` indexed by their home shards (of `shards`).
+    pub fn new(users: Vec<User>, shards: usize) -> Self {
+        let mut by_shard = vec![Vec::new(); shards];
+        for (index, user) in users.iter().enumerate() {
+            by_shard[user.shard].push(index as u32);
+        }
+        Self { users, by_shard }
+    }
+
+    /// A random user on `shard` (shard-aware connections), else any.
+    fn pick(&self, rng: &mut Rng, shard: Option<usize>) -> u32 {
+        match shard {
+            Some(shard) => {
+                let users = &self.by_shard[shard];
+                users[rng.below(users.len() as u64) as usize]
+            }
+            None => rng.below(self.users.len() as u64) as u32,
+        }
+    }
+
+    /// The user at `index`.
+    fn get(&self, index: u32) -> &User {
+        &self.users[index as usize]
+    }
+}
+
 /// Everything the workers share to build requests: read-only during the run.
 #[derive(Debug)]
 pub struct Workload {
     /// The kinds to send.
     pub mix: Mix,
-    /// Benchmark users.
-    pub users: Vec<User>,
-    /// Indexes into `users`, per home shard.
-    pub users_by_shard: Vec<Vec<u32>>,
-    /// Users that only log in (the `login` kind), apart from `users`: a user's sessions are
-    /// capped (the oldest is revoked), so logging the token users in over and over would revoke
-    /// the tokens the other requests carry.
-    pub login_users: Vec<User>,
-    /// Indexes into `login_users`, per home shard.
-    pub login_users_by_shard: Vec<Vec<u32>>,
+    /// Benchmark users: the token users of every kind but `login`.
+    pub users: UserSet,
+    /// Users that only log in (the `login` kind): a user's sessions are capped (the oldest is
+    /// revoked), so logging the token users in over and over would revoke the tokens the other
+    /// requests carry.
+    pub login_users: UserSet,
     /// Shards of the target (1 without a cluster map).
     pub shards: usize,
     /// Probability that a payment goes to a user on another shard; `None`: any user at random.
@@ -323,11 +355,36 @@ pub struct Expect {
 
 /// Builds requests for one worker thread: its own generator, counters and key space.
 pub struct Generator {
+    /// Shared by every worker, only read; never cloned per request (its count is shared).
     workload: Arc<Workload>,
+    rng: Rng,
+    text: Text,
+}
+
+/// Numbers and unique names written into requests.
+struct Text {
     thread: usize,
     counter: u64,
-    rng: Rng,
     number: itoa::Buffer,
+}
+
+impl Text {
+    fn json_body(&mut self, out: &mut Vec<u8>, body: &[u8]) {
+        out.extend_from_slice(b"Content-Type: application/json\r\nContent-Length: ");
+        out.extend_from_slice(self.number.format(body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(body);
+    }
+
+    /// `<run prefix><thread>x<counter>`: unique within the run (idempotency keys, usernames of
+    /// at most 32 characters).
+    fn unique_suffix(&mut self, run_prefix: &str, out: &mut Vec<u8>) {
+        self.counter += 1;
+        out.extend_from_slice(run_prefix.as_bytes());
+        out.extend_from_slice(self.number.format(self.thread).as_bytes());
+        out.push(b'x');
+        out.extend_from_slice(self.number.format(self.counter).as_bytes());
+    }
 }
 
 impl Generator {
@@ -335,10 +392,12 @@ impl Generator {
     pub fn new(workload: Arc<Workload>, thread: usize, seed: u64) -> Self {
         Self {
             workload,
-            thread,
-            counter: 0,
             rng: Rng::new(seed),
-            number: itoa::Buffer::new(),
+            text: Text {
+                thread,
+                counter: 0,
+                number: itoa::Buffer::new(),
+            },
         }
     }
 
@@ -350,38 +409,48 @@ impl Generator {
     /// Appends the next request to `out`. `shard` is the shard the connection goes to in
     /// shard-aware mode (users are then taken from that shard), `None` for the public port.
     pub fn next_request(&mut self, shard: Option<usize>, out: &mut Vec<u8>) -> Expect {
-        let kind = self.workload.mix.pick(&mut self.rng);
+        let workload = &*self.workload;
+        let rng = &mut self.rng;
+        let text = &mut self.text;
+        let kind = workload.mix.pick(rng);
         let mut expect = Expect {
             kind,
             cross_shard: false,
         };
-        let workload = Arc::clone(&self.workload);
+        let simple = |out: &mut Vec<u8>, request_line: &[u8], user: Option<&User>| {
+            out.extend_from_slice(request_line);
+            out.extend_from_slice(&workload.host_header);
+            if let Some(user) = user {
+                out.extend_from_slice(&user.authorization);
+            }
+            out.extend_from_slice(b"\r\n");
+        };
         match kind {
-            Kind::Plaintext => self.simple(out, b"GET /plaintext HTTP/1.1\r\n", None),
-            Kind::Json => self.simple(out, b"GET /json HTTP/1.1\r\n", None),
+            Kind::Plaintext => simple(out, b"GET /plaintext HTTP/1.1\r\n", None),
+            Kind::Json => simple(out, b"GET /json HTTP/1.1\r\n", None),
             Kind::Balance => {
-                let user = self.pick_user(shard);
-                self.simple(out, b"GET /v1/balances HTTP/1.1\r\n", Some(user));
+                let user = workload.users.get(workload.users.pick(rng, shard));
+                simple(out, b"GET /v1/balances HTTP/1.1\r\n", Some(user));
             }
             Kind::Me => {
-                let user = self.pick_user(shard);
-                self.simple(out, b"GET /v1/me HTTP/1.1\r\n", Some(user));
+                let user = workload.users.get(workload.users.pick(rng, shard));
+                simple(out, b"GET /v1/me HTTP/1.1\r\n", Some(user));
             }
             Kind::List => {
-                let user = self.pick_user(shard);
-                self.simple(out, b"GET /v1/payments?limit=10 HTTP/1.1\r\n", Some(user));
+                let user = workload.users.get(workload.users.pick(rng, shard));
+                simple(out, b"GET /v1/payments?limit=10 HTTP/1.1\r\n", Some(user));
             }
             Kind::Payment => {
-                let payer = self.pick_user(shard);
-                let (payee, cross_shard) = self.pick_payee(payer);
+                let payer = workload.users.pick(rng, shard);
+                let (payee, cross_shard) = pick_payee(workload, rng, payer);
                 expect.cross_shard = cross_shard;
-                let payer = &workload.users[payer as usize];
-                let payee = &workload.users[payee as usize];
+                let payer = workload.users.get(payer);
+                let payee = workload.users.get(payee);
                 let mut body = Vec::with_capacity(96);
                 body.extend_from_slice(b"{\"to\":\"");
                 body.extend_from_slice(payee.id.as_bytes());
                 body.extend_from_slice(b"\",\"amount\":");
-                body.extend_from_slice(self.number.format(workload.payment_amount).as_bytes());
+                body.extend_from_slice(text.number.format(workload.payment_amount).as_bytes());
                 body.extend_from_slice(b",\"currency\":\"");
                 body.extend_from_slice(workload.currency.as_bytes());
                 body.extend_from_slice(b"\"}");
@@ -389,12 +458,12 @@ impl Generator {
                 out.extend_from_slice(&workload.host_header);
                 out.extend_from_slice(&payer.authorization);
                 out.extend_from_slice(b"Idempotency-Key: ");
-                self.unique_suffix(out);
+                text.unique_suffix(&workload.run_prefix, out);
                 out.extend_from_slice(b"\r\n");
-                self.json_body(out, &body);
+                text.json_body(out, &body);
             }
             Kind::Login => {
-                let user = &workload.login_users[self.pick_login_user(shard) as usize];
+                let user = workload.login_users.get(workload.login_users.pick(rng, shard));
                 let body = serde_json::json!({
                     "username": user.username,
                     "password": workload.password,
@@ -402,11 +471,11 @@ impl Generator {
                 .to_string();
                 out.extend_from_slice(b"POST /v1/sessions HTTP/1.1\r\n");
                 out.extend_from_slice(&workload.host_header);
-                self.json_body(out, body.as_bytes());
+                text.json_body(out, body.as_bytes());
             }
             Kind::Signup => {
                 let mut username = Vec::with_capacity(32);
-                self.unique_suffix(&mut username);
+                text.unique_suffix(&workload.run_prefix, &mut username);
                 let username = String::from_utf8(username).expect("prefix and counters are ASCII");
                 let body = serde_json::json!({
                     "username": username,
@@ -415,104 +484,52 @@ impl Generator {
                 .to_string();
                 out.extend_from_slice(b"POST /v1/users HTTP/1.1\r\n");
                 out.extend_from_slice(&workload.host_header);
-                self.json_body(out, body.as_bytes());
+                text.json_body(out, body.as_bytes());
             }
         }
         expect
     }
+}
 
-    fn simple(&self, out: &mut Vec<u8>, request_line: &[u8], user: Option<u32>) {
-        out.extend_from_slice(request_line);
-        out.extend_from_slice(&self.workload.host_header);
-        if let Some(user) = user {
-            out.extend_from_slice(&self.workload.users[user as usize].authorization);
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-
-    fn json_body(&mut self, out: &mut Vec<u8>, body: &[u8]) {
-        out.extend_from_slice(b"Content-Type: application/json\r\nContent-Length: ");
-        out.extend_from_slice(self.number.format(body.len()).as_bytes());
-        out.extend_from_slice(b"\r\n\r\n");
-        out.extend_from_slice(body);
-    }
-
-    /// `<run prefix><thread>x<counter>`: unique within the run (idempotency keys, usernames of
-    /// at most 32 characters).
-    fn unique_suffix(&mut self, out: &mut Vec<u8>) {
-        self.counter += 1;
-        out.extend_from_slice(self.workload.run_prefix.as_bytes());
-        out.extend_from_slice(self.number.format(self.thread).as_bytes());
-        out.push(b'x');
-        out.extend_from_slice(self.number.format(self.counter).as_bytes());
-    }
-
-    /// A user on `shard` (shard-aware connections), else any user.
-    fn pick_user(&mut self, shard: Option<usize>) -> u32 {
-        let workload = &self.workload;
-        match shard {
-            Some(shard) => {
-                let users = &workload.users_by_shard[shard];
-                users[self.rng.below(users.len() as u64) as usize]
-            }
-            None => self.rng.below(workload.users.len() as u64) as u32,
-        }
-    }
-
-    /// A login-only user on `shard` (shard-aware connections), else any.
-    fn pick_login_user(&mut self, shard: Option<usize>) -> u32 {
-        let workload = &self.workload;
-        match shard {
-            Some(shard) => {
-                let users = &workload.login_users_by_shard[shard];
-                users[self.rng.below(users.len() as u64) as usize]
-            }
-            None => self.rng.below(workload.login_users.len() as u64) as u32,
-        }
-    }
-
-    /// A payee other than `payer`, and whether it lives on another shard.
-    fn pick_payee(&mut self, payer: u32) -> (u32, bool) {
-        let workload = Arc::clone(&self.workload);
-        let payer_shard = workload.users[payer as usize].shard;
-        let other_shards = workload
-            .users_by_shard
-            .iter()
-            .enumerate()
-            .filter(|(shard, users)| *shard != payer_shard && !users.is_empty())
-            .count();
-        let cross = match workload.cross_shard_ratio {
-            Some(ratio) => other_shards > 0 && self.rng.chance(ratio),
-            None => {
-                // Any other user at random.
-                loop {
-                    let payee = self.rng.below(workload.users.len() as u64) as u32;
-                    if payee != payer {
-                        let cross = workload.users[payee as usize].shard != payer_shard;
-                        return (payee, cross);
-                    }
+/// A payee other than `payer`, and whether it lives on another shard.
+fn pick_payee(workload: &Workload, rng: &mut Rng, payer: u32) -> (u32, bool) {
+    let users = &workload.users;
+    let payer_shard = users.get(payer).shard;
+    let other_shards = users
+        .by_shard
+        .iter()
+        .enumerate()
+        .filter(|(shard, users)| *shard != payer_shard && !users.is_empty())
+        .count();
+    let cross = match workload.cross_shard_ratio {
+        Some(ratio) => other_shards > 0 && rng.chance(ratio),
+        None => {
+            // Any other user at random.
+            loop {
+                let payee = users.pick(rng, None);
+                if payee != payer {
+                    return (payee, users.get(payee).shard != payer_shard);
                 }
             }
-        };
-        if cross {
-            let mut nth = self.rng.below(other_shards as u64) as usize;
-            for (shard, users) in workload.users_by_shard.iter().enumerate() {
-                if shard == payer_shard || users.is_empty() {
-                    continue;
-                }
-                if nth == 0 {
-                    return (users[self.rng.below(users.len() as u64) as usize], true);
-                }
-                nth -= 1;
-            }
-            unreachable!("nth is below the number of other shards with users");
         }
-        let local = &workload.users_by_shard[payer_shard];
-        loop {
-            let payee = local[self.rng.below(local.len() as u64) as usize];
-            if payee != payer {
-                return (payee, false);
+    };
+    if cross {
+        let mut nth = rng.below(other_shards as u64) as usize;
+        for (shard, on_shard) in users.by_shard.iter().enumerate() {
+            if shard == payer_shard || on_shard.is_empty() {
+                continue;
             }
+            if nth == 0 {
+                return (users.pick(rng, Some(shard)), true);
+            }
+            nth -= 1;
+        }
+        unreachable!("nth is below the number of other shards with users");
+    }
+    loop {
+        let payee = users.pick(rng, Some(payer_shard));
+        if payee != payer {
+            return (payee, false);
         }
     }
 }
@@ -572,18 +589,14 @@ mod tests {
 
     fn workload(mix: Mix, shards_of_users: &[usize], ratio: Option<f64>) -> Arc<Workload> {
         let shards = shards_of_users.iter().max().map_or(1, |max| max + 1);
-        let mut users_by_shard = vec![Vec::new(); shards];
         let users = shards_of_users
             .iter()
             .enumerate()
-            .map(|(index, &shard)| {
-                users_by_shard[shard].push(index as u32);
-                User {
-                    id: format!("usr_{index:04x}"),
-                    username: format!("user{index}"),
-                    shard,
-                    authorization: format!("Authorization: Bearer token{index}\r\n").into_bytes(),
-                }
+            .map(|(index, &shard)| User {
+                id: format!("usr_{index:04x}"),
+                username: format!("user{index}"),
+                shard,
+                authorization: format!("Authorization: Bearer token{index}\r\n").into_bytes(),
             })
             .collect();
         let login_users: Vec<User> = (0..shards)
@@ -596,10 +609,8 @@ mod tests {
             .collect();
         Arc::new(Workload {
             mix,
-            users,
-            users_by_shard,
-            login_users_by_shard: (0..shards).map(|shard| vec![shard as u32]).collect(),
-            login_users,
+            users: UserSet::new(users, shards),
+            login_users: UserSet::new(login_users, shards),
             shards,
             cross_shard_ratio: ratio,
             host_header: b"Host: localhost\r\n".to_vec(),
