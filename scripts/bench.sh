@@ -6,13 +6,31 @@
 # table and PNG charts.
 #
 # Targets (--targets):
-#   shardpay      this server: --shards N --cpus SERVER_CPUS, --config FILE
-#   axum          bench/peers/axum: shardpay's API on tokio + axum, --threads N
-#   bare-glommio  bench/peers/bare-glommio: the floor, one glommio loop (1 core)
-#   actix         bench/peers/actix: actix-web, one worker (1 core)
+#   shardpay         this server: --shards N --cpus SERVER_CPUS, --config FILE,
+#                    storage as FILE says (config/bench.toml: write-ahead log,
+#                    an fdatasync per group-commit batch)
+#   shardpay-nosync  the same binary and --config FILE with
+#                    SHARDPAY_STORAGE_DURABILITY=none: the log is written but
+#                    never fdatasync'd (what durability costs)
+#   axum             bench/peers/axum: shardpay's API on tokio + axum, --threads N
+#   bare-glommio     bench/peers/bare-glommio: the floor, one glommio loop (1 core)
+#   actix            bench/peers/actix: actix-web, one worker (1 core)
 # Every server runs under `taskset -c SERVER_CPUS`, which pins all its
 # threads (shardpay's blocking password-hashing threads and tokio's blocking
 # pool included).
+#
+# shardpay's storage: every start of shardpay or shardpay-nosync gets a
+# fresh, empty data directory (SHARDPAY_STORAGE_DATA_DIR), below one made by
+# `mktemp -d` in ${TMPDIR:-/tmp} for the whole script; it is deleted when the
+# server stops, and the whole of it on exit. So no server recovers an earlier
+# run's state, and disk use does not grow from run to run. The log is on
+# TMPDIR's file system: set TMPDIR to measure another disk (on tmpfs an
+# fdatasync costs nothing; the report says which file system it was).
+# Before and after each run bench.sh reads GET /metrics of a shardpay target:
+# shardpay_log_frames_total and shardpay_log_batches_total summed over the
+# shards; their growth over the run (set-up, warm-up and measured window: the
+# client does all three in one invocation) gives records per fsync = frames /
+# batches (for shardpay-nosync: records per write).
 #
 # Scenarios (--scenarios), shardpay-bench's, each request checked (status and
 # body):
@@ -20,20 +38,22 @@
 #   json       GET /json                                    every target
 #   pipelined  plaintext, --pipeline-depth requests in flight per
 #              connection (HTTP/1.1 pipelining)             every target
-#   balance    GET /v1/balances with a user's access token  shardpay, axum
+#   balance    GET /v1/balances with a user's access token  shardpay*, axum
 #   payments   POST /v1/payments, 1 minor unit, a new
-#              Idempotency-Key per request                  shardpay, axum
-#   mixed      login=1,balance=30,me=30,payment=30,list=9   shardpay, axum
-#   signup     POST /v1/users (argon2 password hashing)     shardpay, axum
+#              Idempotency-Key per request                  shardpay*, axum
+#   mixed      login=1,balance=30,me=30,payment=30,list=9   shardpay*, axum
+#   signup     POST /v1/users (argon2 password hashing)     shardpay*, axum
+# (shardpay*: shardpay and shardpay-nosync.)
 # A scenario a target does not serve is skipped with a note. Before its
 # warm-up, each run signs up --users users, logs them in and funds them with
 # the admin key (not measured; new users every run, so runs never share
 # idempotency keys).
 #
-# Shards (--shards, a sweep): shardpay gets --shards N (all on SERVER_CPUS),
-# axum --threads N (tokio workers). bare-glommio and actix are single-core
-# peers: they run at the first shard count of the sweep only (recorded as 1),
-# and ratio tables compare them with every shard count of the others.
+# Shards (--shards, a sweep): shardpay and shardpay-nosync get --shards N (all
+# on SERVER_CPUS), axum --threads N (tokio workers). bare-glommio and actix
+# are single-core peers: they run at the first shard count of the sweep only
+# (recorded as 1), and ratio tables compare them with every shard count of
+# the others.
 #
 # Rates (--rates): "peak" is a closed-loop run (each connection sends its next
 # request when an answer arrives: maximum throughput). "P%" is an open-loop
@@ -63,9 +83,10 @@
 # each round, each scenario, each shard count, each target, with the target
 # order rotated every round (round 1: A B C, round 2: B C A, ...). Reported
 # per (target, scenario, shards, rate): medians over rounds with min-max;
-# ratios between targets ("shardpay / axum" and every other pair present) of
-# server CPU-µs/req and of requests/s are taken within a round and reported
-# as median [min-max] over rounds.
+# ratios between targets ("shardpay / shardpay-nosync", "shardpay / axum" and
+# every other pair present, in the order of the targets list above) of server
+# CPU-µs/req and of requests/s are taken within a round and reported as
+# median [min-max] over rounds.
 #
 # Other load: the busy time of the server CPUs (/proc/stat: user + nice +
 # system + irq + softirq) not spent in the server, over each run; more than
@@ -79,7 +100,8 @@
 # script at once with exit status 1; a bad command line exits 2.
 #
 # Usage: scripts/bench.sh [options]
-#   --targets LIST        shardpay,axum,bare-glommio,actix (default shardpay,axum)
+#   --targets LIST        shardpay,shardpay-nosync,axum,bare-glommio,actix
+#                         (default shardpay,axum)
 #   --scenarios LIST      plaintext,json,pipelined,balance,payments,mixed,signup
 #                         (default mixed,payments)
 #   --shards LIST         shard counts to sweep, e.g. 1,2,4 (default 1)
@@ -92,21 +114,34 @@
 #   --pipeline-depth N    requests in flight per connection for pipelined
 #                         (default 16)
 #   --users N             benchmark users set up per run (default 100)
-#   --shard-aware         shardpay only: connect each user's requests to its
-#                         home shard's port (no forwarding between shards)
+#   --shard-aware         shardpay and shardpay-nosync only: connect each user's
+#                         requests to its home shard's port (no forwarding
+#                         between shards)
 #   --cross-shard-ratio R share of payments to a user on another shard, 0 to 1
 #                         (default: payees at random)
 #   --server-cpus LIST    CPUs of the server, e.g. 1 or 2-3 (default 1)
 #   --client-cpus LIST    CPUs of the client, disjoint from the server's; one
 #                         client thread per CPU (default 0)
 #   --port-base P         public ports: shardpay P, bare-glommio P+1, actix P+2,
-#                         axum P+3 (default 8080)
-#   --shard-port-base Q   shardpay's shard-aware ports Q..Q+shards-1 (default 7100)
-#   --config FILE         shardpay's configuration (default config/bench.toml;
-#                         the defaults' limits would throttle a benchmark)
+#                         axum P+3, shardpay-nosync P+4 (default 8080)
+#   --shard-port-base Q   shard-aware ports Q..Q+shards-1 of shardpay and of
+#                         shardpay-nosync (one server runs at a time, so they
+#                         share them; default 7100)
+#   --config FILE         the configuration of shardpay and shardpay-nosync
+#                         (default config/bench.toml; the defaults' limits would
+#                         throttle a benchmark)
 #   --name NAME           results name (default bench)
 #   --no-build            do not run cargo build
 #   -h, --help            this text
+#
+# Examples:
+#   scripts/bench.sh                                  shardpay vs axum, mixed + payments
+#   scripts/bench.sh --targets shardpay,shardpay-nosync --scenarios payments \
+#       --shards 1,2 --name durability                what fsync costs, same rounds
+#   scripts/bench.sh --targets shardpay,axum,bare-glommio,actix \
+#       --scenarios plaintext,json,pipelined --name http    the HTTP layer alone
+#   TMPDIR=/mnt/nvme/tmp scripts/bench.sh --targets shardpay,shardpay-nosync \
+#       --scenarios payments                          the log on another disk
 #
 # Time: every run takes warm-up + duration plus its set-up (about 0.3 s, and
 # for balance, payments and mixed about --users x 60 ms of password hashing
@@ -122,8 +157,9 @@
 #          bench/results/<YYYY-MM-DD>-<NAME>-throughput.png, -latency.png,
 #          bench/results/<YYYY-MM-DD>-<NAME>/      runs.jsonl (one line per run:
 #              shardpay-bench's JSON report and what bench.sh knows), meta.txt,
-#              and per round round-K/: server logs, client outputs and reports.
-# Needs: cargo, taskset, curl, python3 (standard library only), timeout.
+#              and per round round-K/: server logs, client outputs and reports,
+#              shardpay's /metrics before and after each run.
+# Needs: cargo, taskset, curl, python3 (standard library only), timeout, mktemp.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -156,8 +192,8 @@ NAME="bench"
 SHARDPAY_CONFIG="config/bench.toml"
 BUILD=1
 
-PORT_BASE=8080       # public ports: PORT_BASE + 0 (shardpay), 1, 2, 3 (peers)
-SHARD_PORT_BASE=7100 # shardpay's shard-aware ports: SHARD_PORT_BASE + 0..shards-1
+PORT_BASE=8080       # public ports: PORT_BASE + 0 (shardpay), 1, 2, 3 (peers), 4 (shardpay-nosync)
+SHARD_PORT_BASE=7100 # shard-aware ports of shardpay targets: SHARD_PORT_BASE + 0..shards-1
 SHARD_COUNT_MAX=1024 # shardpay's limit (SHARD_COUNT_LIMIT in src/config.rs)
 THREADS_MAX=1024     # axum's worker threads, same bound
 CONNECTIONS_MAX=100000 # shardpay-bench's CONNECTIONS_MAX
@@ -168,6 +204,7 @@ SECONDS_MAX=3600     # per warm-up or measured run
 RATE_PERCENT_MAX=1000
 READY_TIMEOUT_S=15
 STOP_TIMEOUT_S=5
+METRICS_TIMEOUT_S=10 # one GET /metrics (every shard answers over the mesh)
 BUILD_TIMEOUT_S=3600
 SETUP_BUDGET_S=120   # client time beyond warm-up + duration before it is killed
 RUN_SETUP_MS=300     # estimate: a client run's start, discovery and exit
@@ -261,8 +298,8 @@ if [[ -n "$CROSS_SHARD_RATIO" ]]; then
     [[ "$CROSS_SHARD_RATIO" =~ ^(0(\.[0-9]+)?|1(\.0+)?|\.[0-9]+)$ ]] ||
         bad_arg "--cross-shard-ratio must be a number from 0 to 1 (e.g. 0.5)"
 fi
-int_in_range "$PORT_BASE" 1024 65532 ||
-    bad_arg "--port-base must be a port from 1024 to 65532 (it and the next three are used)"
+int_in_range "$PORT_BASE" 1024 65531 ||
+    bad_arg "--port-base must be a port from 1024 to 65531 (it and the next four are used)"
 int_in_range "$SHARD_PORT_BASE" 1024 65535 ||
     bad_arg "--shard-port-base must be a port from 1024 to 65535"
 [[ "$NAME" =~ ^[A-Za-z0-9._-]{1,100}$ && "$NAME" != .* ]] ||
@@ -290,8 +327,8 @@ split_list SHARD_LIST --shards "$SHARDS"
 split_list RATE_LIST --rates "$RATES"
 
 for t in "${TARGET_LIST[@]}"; do
-    case "$t" in shardpay|axum|bare-glommio|actix) ;;
-        *) bad_arg "unknown target '$t' (shardpay, axum, bare-glommio, actix)" ;; esac
+    case "$t" in shardpay|shardpay-nosync|axum|bare-glommio|actix) ;;
+        *) bad_arg "unknown target '$t' (shardpay, shardpay-nosync, axum, bare-glommio, actix)" ;; esac
 done
 for s in "${SCENARIO_LIST[@]}"; do
     case "$s" in plaintext|json|pipelined|balance|payments|mixed|signup) ;;
@@ -359,12 +396,23 @@ CLIENT_THREADS=${#CLIENT_CPU_LIST[@]}
 ((CONNECTIONS >= CLIENT_THREADS)) ||
     bad_arg "--connections $CONNECTIONS is fewer than the client's $CLIENT_THREADS threads (one per --client-cpus CPU)"
 
+# Whether TARGET is the shardpay binary (durable or not): shards, shard-aware
+# ports, a data directory and log metrics.
+is_shardpay() { [[ "$1" == shardpay || "$1" == shardpay-nosync ]]; }
 # Whether TARGET serves SCENARIO: the API scenarios need shardpay's routes.
 serves() {
     case "$2" in
         plaintext|json|pipelined) return 0 ;;
-        *) [[ "$1" == shardpay || "$1" == axum ]] ;;
+        *) is_shardpay "$1" || [[ "$1" == axum ]] ;;
     esac
+}
+# Whether any of --targets is a shardpay target.
+any_shardpay() {
+    local t
+    for t in "${TARGET_LIST[@]}"; do
+        if is_shardpay "$t"; then return 0; fi
+    done
+    return 1
 }
 single_core() { [[ "$1" == bare-glommio || "$1" == actix ]]; }
 # Scenarios whose runs sign users up, log them in and fund them first.
@@ -388,7 +436,7 @@ for s in "${SCENARIO_LIST[@]}"; do
     served=0
     for t in "${TARGET_LIST[@]}"; do
         if ! serves "$t" "$s"; then
-            note "$t does not serve $s (the API scenarios need shardpay or axum): skipped"
+            note "$t does not serve $s (the API scenarios need shardpay, shardpay-nosync or axum): skipped"
             continue
         fi
         served=1
@@ -406,14 +454,14 @@ for s in "${SCENARIO_LIST[@]}"; do
     done
     ((served)) || note "no target among --targets serves $s"
 done
-((RUNS_PER_ROUND > 0)) || bad_arg "nothing to run: no target serves the scenarios (balance, payments, mixed and signup need shardpay or axum)"
+((RUNS_PER_ROUND > 0)) || bad_arg "nothing to run: no target serves the scenarios (balance, payments, mixed and signup need shardpay, shardpay-nosync or axum)"
 for t in "${TARGET_LIST[@]}"; do
     if single_core "$t" && ((${#SHARD_LIST[@]} > 1)); then
         note "$t is a single-core peer: it runs at the first shard count (${SHARD_LIST[0]}) only, recorded as 1 core"
     fi
 done
-if ((SHARD_AWARE)) && [[ " ${TARGET_LIST[*]} " != *" shardpay "* ]]; then
-    note "--shard-aware applies to shardpay only, which is not among the targets: ignored"
+if ((SHARD_AWARE)) && ! any_shardpay; then
+    note "--shard-aware applies to shardpay and shardpay-nosync only, neither of which is among the targets: ignored"
 fi
 if ((SHARD_AWARE)) && ((CONNECTIONS < SHARDS_MAX)); then
     bad_arg "--shard-aware needs at least one connection per shard: --connections $CONNECTIONS < $SHARDS_MAX shards"
@@ -421,7 +469,7 @@ fi
 [[ " ${SCENARIO_LIST[*]} " != *" pipelined "* ]] || [[ "$PIPELINE_DEPTH" == 16 ]] ||
     note "pipelined runs $PIPELINE_DEPTH requests deep per connection"
 
-for tool in cargo taskset curl python3 timeout getconf; do
+for tool in cargo taskset curl python3 timeout getconf mktemp; do
     command -v "$tool" >/dev/null || die "'$tool' not found"
 done
 CLK_TCK="$(getconf CLK_TCK)"
@@ -429,14 +477,17 @@ CLK_TCK="$(getconf CLK_TCK)"
 # ---------------------------------------------------------------- targets --
 
 declare -A PORT=([shardpay]=$PORT_BASE [bare-glommio]=$((PORT_BASE + 1)) [actix]=$((PORT_BASE + 2))
-    [axum]=$((PORT_BASE + 3)))
-declare -A READY_PATH=([shardpay]=/readyz [axum]=/readyz [bare-glommio]=/plaintext [actix]=/plaintext)
-declare -A PACKAGE=([shardpay]=shardpay [axum]=peer-axum [bare-glommio]=peer-bare-glommio [actix]=peer-actix)
+    [axum]=$((PORT_BASE + 3)) [shardpay-nosync]=$((PORT_BASE + 4)))
+declare -A READY_PATH=([shardpay]=/readyz [shardpay-nosync]=/readyz [axum]=/readyz
+    [bare-glommio]=/plaintext [actix]=/plaintext)
+declare -A PACKAGE=([shardpay]=shardpay [shardpay-nosync]=shardpay [axum]=peer-axum
+    [bare-glommio]=peer-bare-glommio [actix]=peer-actix)
 
-# shardpay's shard-aware ports must not reach past the port range, nor into a
-# target's public port.
+# The shard-aware ports of shardpay and shardpay-nosync (the same ports: one
+# server runs at a time, and each is stopped, and reaped, before the next
+# starts) must not reach past the port range, nor into a target's public port.
 SHARD_PORT_LAST=$((SHARD_PORT_BASE + SHARDS_MAX - 1))
-if [[ " ${TARGET_LIST[*]} " == *" shardpay "* ]]; then
+if any_shardpay; then
     ((SHARD_PORT_LAST <= 65535)) || bad_arg "--shards $SHARDS_MAX: shard-aware ports from $SHARD_PORT_BASE pass 65535"
     for p in "${PORT[@]}"; do
         ((p < SHARD_PORT_BASE || p > SHARD_PORT_LAST)) ||
@@ -455,21 +506,28 @@ done
 shards_label() {
     local s=""
     case "$1" in
-        shardpay) ((${2} == 1)) || s=s; echo "$2 shard$s" ;;
+        shardpay|shardpay-nosync) ((${2} == 1)) || s=s; echo "$2 shard$s" ;;
         axum) ((${2} == 1)) || s=s; echo "$2 thread$s" ;;
         *) echo "1 core" ;;
     esac
 }
 
-# Sets CMD to the command line of TARGET with N shards (threads).
+# Sets CMD to the command line of TARGET with N shards (threads); a shardpay
+# target keeps its log in DATA_DIR. shardpay's durability is --config's, even
+# if the environment says otherwise.
 target_command() {
-    local target="$1" n="$2"
+    local target="$1" n="$2" data_dir="${3:-}"
     case "$target" in
-        shardpay)
-            CMD=(taskset -c "$SERVER_CPUS" target/release/shardpay serve
+        shardpay|shardpay-nosync)
+            if [[ "$target" == shardpay-nosync ]]; then
+                CMD=(env SHARDPAY_STORAGE_DATA_DIR="$data_dir" SHARDPAY_STORAGE_DURABILITY=none)
+            else
+                CMD=(env -u SHARDPAY_STORAGE_DURABILITY SHARDPAY_STORAGE_DATA_DIR="$data_dir")
+            fi
+            CMD+=(taskset -c "$SERVER_CPUS" target/release/shardpay serve
                 --config "$SHARDPAY_CONFIG" --shards "$n" --cpus "$SERVER_CPUS"
                 --shard-port-base "$SHARD_PORT_BASE"
-                --listen "127.0.0.1:${PORT[shardpay]}") ;;
+                --listen "127.0.0.1:${PORT[$target]}") ;;
         axum)
             CMD=(taskset -c "$SERVER_CPUS" target/release/peer-axum --threads "$n"
                 --listen "127.0.0.1:${PORT[axum]}") ;;
@@ -486,6 +544,9 @@ target_command() {
 
 STARTED_PIDS=() # servers and clients still to be stopped on exit
 SERVER_PID=""
+DATA_PARENT=""     # mktemp -d: every shardpay server's data directory is made below it
+SERVER_DATA_DIR="" # the running shardpay server's data directory
+DATA_DIRS_MADE=0
 
 # stop_pid PID: SIGTERM, up to STOP_TIMEOUT_S to exit, then SIGKILL; reaps it.
 stop_pid() {
@@ -511,11 +572,22 @@ forget_pid() {
     STARTED_PIDS=("${remaining[@]+"${remaining[@]}"}")
 }
 
+# remove_data_dir: deletes the data directory of the shardpay server just
+# stopped (or dead), if it had one.
+remove_data_dir() {
+    if [[ -n "$SERVER_DATA_DIR" ]]; then
+        rm -rf -- "$SERVER_DATA_DIR"
+        SERVER_DATA_DIR=""
+    fi
+}
+
 cleanup() {
     local pid
     for pid in "${STARTED_PIDS[@]+"${STARTED_PIDS[@]}"}"; do
         stop_pid "$pid"
     done
+    # The servers are gone: no log is still being written.
+    if [[ -n "$DATA_PARENT" ]]; then rm -rf -- "$DATA_PARENT"; fi
 }
 trap cleanup EXIT
 trap 'echo "bench.sh: interrupted" >&2; exit 130' INT
@@ -533,13 +605,17 @@ start_server() {
     # glommio binds with SO_REUSEPORT: a stale server on the port would share
     # the connections with the new one, so refuse to start instead.
     port_in_use "$port" && die "port $port ($target) is already in use (a stale server, or another benchmark?): stop it first, or choose other ports with --port-base"
-    if [[ "$target" == shardpay ]]; then
+    if is_shardpay "$target"; then
         # Its shard-aware ports (bound without SO_REUSEPORT) must be free too.
         for ((p = SHARD_PORT_BASE; p < SHARD_PORT_BASE + n; p++)); do
-            port_in_use "$p" && die "port $p (shardpay's shard-aware port) is already in use: stop its user first, or choose other ports with --shard-port-base"
+            port_in_use "$p" && die "port $p ($target's shard-aware port) is already in use: stop its user first, or choose other ports with --shard-port-base"
         done
+        # A fresh, empty log: nothing of an earlier server to recover.
+        DATA_DIRS_MADE=$((DATA_DIRS_MADE + 1))
+        SERVER_DATA_DIR="$DATA_PARENT/$DATA_DIRS_MADE-$target-$n"
+        mkdir -- "$SERVER_DATA_DIR" || die "could not make the data directory $SERVER_DATA_DIR"
     fi
-    target_command "$target" "$n"
+    target_command "$target" "$n" "$SERVER_DATA_DIR"
     echo ">> starting $target: ${CMD[*]}" >&2
     echo "\$ ${CMD[*]}" >"$log"
     "${CMD[@]}" >>"$log" 2>&1 &
@@ -581,11 +657,19 @@ server_cpus_busy_ticks() {
 
 now_ns() { date +%s%N; }
 
+# scrape_metrics PORT FILE: GET /metrics into FILE; no FILE if that fails.
+scrape_metrics() {
+    curl -fsS --max-time "$METRICS_TIMEOUT_S" -o "$2" "http://127.0.0.1:$1/metrics" 2>/dev/null ||
+        rm -f -- "$2"
+}
+
 # ---------------------------------------------------------------- build --
 
 if ((BUILD)); then
     build_args=(-p shardpay-bench)
-    for t in "${TARGET_LIST[@]}"; do build_args+=(-p "${PACKAGE[$t]}"); done
+    for t in "${TARGET_LIST[@]}"; do
+        [[ " ${build_args[*]} " == *" ${PACKAGE[$t]} "* ]] || build_args+=(-p "${PACKAGE[$t]}")
+    done
     echo ">> cargo build --release ${build_args[*]}" >&2
     timeout "$BUILD_TIMEOUT_S" cargo build --release "${build_args[@]}" >&2 || die "cargo build failed"
 fi
@@ -607,6 +691,15 @@ RUNS_JSONL="$RUN_DIR/runs.jsonl"
 : >"$RUNS_JSONL"
 rm -f "$BASE.json" "$BASE.md" "$BASE-throughput.png" "$BASE-latency.png"
 REPORTER=(python3 scripts/bench_report.py)
+
+if any_shardpay; then
+    DATA_PARENT="$(mktemp -d "${TMPDIR:-/tmp}/shardpay-bench.XXXXXX")" ||
+        die "could not make a temporary directory in ${TMPDIR:-/tmp} for shardpay's data"
+    DATA_FS="$(stat -f -c %T -- "$DATA_PARENT" 2>/dev/null || echo unknown)"
+    if [[ "$DATA_FS" == tmpfs || "$DATA_FS" == ramfs ]]; then
+        note "shardpay's logs are on $DATA_FS (${TMPDIR:-/tmp}): an fdatasync costs nothing there, so shardpay's durability is not measured; set TMPDIR to a directory on a disk"
+    fi
+fi
 
 TOTAL_RUNS=$((ROUNDS * RUNS_PER_ROUND))
 ESTIMATE_S=$(python3 -c 'import sys; print(round(float(sys.argv[1]) * int(sys.argv[2])))' "$ESTIMATE_PER_ROUND_S" "$ROUNDS")
@@ -638,11 +731,15 @@ measure_server() {
     local rate
     for rate in "${RUN_RATES[@]}"; do
         SEQ=$((SEQ + 1))
-        local label tag out report offered="" mode=closed note=""
+        local label tag out report offered="" mode=closed note="" metrics_before="" metrics_after=""
         label="$(run_label "$rate")"
         out="$dir/$stem-$label.client.txt" report="$dir/$stem-$label.json"
+        if is_shardpay "$target"; then
+            metrics_before="$dir/$stem-$label.metrics-before.txt"
+            metrics_after="$dir/$stem-$label.metrics-after.txt"
+        fi
         tag="[$SEQ/$TOTAL_RUNS] round $round: $target / $scenario / $(shards_label "$target" "$recorded_shards") / $rate"
-        rm -f "$report"
+        rm -f -- "$report" ${metrics_before:+"$metrics_before"} ${metrics_after:+"$metrics_after"}
         case "$rate" in
             peak) ;;
             *%)
@@ -667,7 +764,7 @@ measure_server() {
         [[ "$scenario" != pipelined ]] || client+=(-d "$PIPELINE_DEPTH")
         client+=(--warmup "$WARMUP" -D "$DURATION" --users "$USERS")
         [[ -z "$offered" ]] || client+=(--rate "$offered")
-        if ((SHARD_AWARE)) && [[ "$target" == shardpay ]]; then client+=(--shard-aware); fi
+        if ((SHARD_AWARE)) && is_shardpay "$target"; then client+=(--shard-aware); fi
         [[ -z "$CROSS_SHARD_RATIO" ]] || client+=(--cross-shard-ratio "$CROSS_SHARD_RATIO")
         client+=(--server-pid "$SERVER_PID" --json "$report" -q)
 
@@ -680,6 +777,8 @@ measure_server() {
             echo ">> $tag: ${mode} loop${offered:+ at $offered req/s}, ${WARMUP}s warm-up + ${DURATION}s" >&2
             echo "\$ ${client[*]}" >"$out"
             local busy_before server_before t0 t1 busy_after server_after
+            # The log's counters, read outside the window of the other-load figures.
+            [[ -z "$metrics_before" ]] || scrape_metrics "$port" "$metrics_before"
             busy_before="$(server_cpus_busy_ticks)" server_before="$(process_ticks "$SERVER_PID")" t0="$(now_ns)"
             local limit_s
             limit_s=$(python3 -c 'import sys, math; print(math.ceil(sum(map(float, sys.argv[1:]))))' \
@@ -690,6 +789,7 @@ measure_server() {
             wait "$client_pid" || status=$?
             forget_pid "$client_pid"
             t1="$(now_ns)" busy_after="$(server_cpus_busy_ticks)" server_after="$(process_ticks "$SERVER_PID")"
+            [[ -z "$metrics_after" ]] || scrape_metrics "$port" "$metrics_after"
             wall_ns=$((t1 - t0))
             busy_ticks=$((busy_after - busy_before))
             if [[ -n "$server_before" && -n "$server_after" ]]; then
@@ -729,6 +829,7 @@ measure_server() {
             --offered="$offered" --exit-status="$status" --note="$note" --server-log="$log" \
             --client-output="$out" --client-command="${client[*]}" --wall-ns="$wall_ns" \
             --server-ticks="$server_ticks" --busy-ticks="$busy_ticks" --clk-tck="$CLK_TCK" \
+            --metrics-before="$metrics_before" --metrics-after="$metrics_after" \
             >>"$RUNS_JSONL" || die "could not record run $SEQ (see $out)"
     done
     if ((server_died)); then
@@ -737,6 +838,7 @@ measure_server() {
         echo ">> stopping $target" >&2
         stop_pid "$SERVER_PID"
     fi
+    remove_data_dir
 }
 
 # Round K (1-based) takes the targets rotated left by K-1; within a round,
@@ -791,6 +893,11 @@ META="$RUN_DIR/meta.txt"
     echo "server_cpus=$SERVER_CPUS"
     echo "shardpay_config=$SHARDPAY_CONFIG"
     echo "port_base=$PORT_BASE"
+    echo "shard_port_base=$SHARD_PORT_BASE"
+    if [[ -n "$DATA_PARENT" ]]; then
+        echo "data_parent=$DATA_PARENT"
+        echo "data_fs=$DATA_FS"
+    fi
     echo "client_cpus=$CLIENT_CPUS"
     echo "other_load_max=$OTHER_LOAD_MAX"
     echo "raw=$RUN_DIR"

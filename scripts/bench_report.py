@@ -5,7 +5,8 @@ Markdown report. Python 3 standard library only.
 Subcommands (bench.sh calls them; each prints to standard output):
   record    one runs.jsonl line: shardpay-bench's JSON report of the run (under "report", null if
             the run wrote none) and what bench.sh knows (target, round, shards, rate label, server
-            log, other load on the server CPUs, exit status)
+            log, other load on the server CPUs, exit status, and for shardpay targets the growth of
+            the write-ahead log's counters over the run, from /metrics scraped before and after)
   field     one top-level field of a shardpay-bench report (empty if absent)
   report    the summary JSON (medians over rounds per target, scenario, shards and rate) and the
             Markdown tables, from runs.jsonl and bench.sh's meta.txt; prints the Markdown
@@ -21,8 +22,9 @@ import os
 import statistics
 import sys
 
-# Order of targets in ratio tables: the first of a pair is the numerator.
-TARGET_ORDER = ["shardpay", "axum", "bare-glommio", "actix"]
+# Order of targets in ratio tables: the first of a pair is the numerator ("shardpay /
+# shardpay-nosync": what durability costs; "shardpay / axum", "shardpay-nosync / axum", ...).
+TARGET_ORDER = ["shardpay", "shardpay-nosync", "axum", "bare-glommio", "actix"]
 SINGLE_CORE = {"bare-glommio", "actix"}
 # A run whose client used more than this share of its CPUs was probably limited by the client.
 CLIENT_BUSY_LIMIT = 0.9
@@ -30,9 +32,47 @@ CLIENT_BUSY_LIMIT = 0.9
 OFFERED_REACHED_MIN = 0.95
 # Lines of a client's output quoted in the errors section.
 OUTPUT_TAIL_LINES = 6
+# shardpay's write-ahead log counters in /metrics (one line per shard, summed).
+LOG_FRAMES_METRIC = "shardpay_log_frames_total"
+LOG_BATCHES_METRIC = "shardpay_log_batches_total"
+# Shown for a figure that does not apply or was not measured (a peer, an older shardpay).
+ABSENT = "-"
 
 
 # ------------------------------------------------------------------ record --
+
+def metric_sum(path, name):
+    """The sum of every sample of the Prometheus counter `name` (all label sets) in the text
+    exposition at `path`; None if the file or the metric is absent."""
+    if not path or not os.path.exists(path):
+        return None
+    total, found = 0, False
+    with open(path, errors="replace") as f:
+        for line in f:
+            if not line.startswith(name):
+                continue
+            head, _, value = line.rstrip("\n").rpartition(" ")
+            if head.split("{", 1)[0].strip() != name:
+                continue  # another metric whose name starts with this one
+            try:
+                total += int(float(value))
+            except ValueError:
+                continue
+            found = True
+    return total if found else None
+
+
+def log_growth(before_path, after_path):
+    """Frames and batches the server's write-ahead log gained between two /metrics scrapes, and
+    frames per batch (records per fsync with durability fsync); Nones where not measured."""
+    growth = {}
+    for key, name in (("frames", LOG_FRAMES_METRIC), ("batches", LOG_BATCHES_METRIC)):
+        before, after = metric_sum(before_path, name), metric_sum(after_path, name)
+        growth[key] = None if before is None or after is None else after - before
+    frames, batches = growth["frames"], growth["batches"]
+    per_batch = round(frames / batches, 2) if frames is not None and batches else None
+    return {"frames": frames, "batches": batches, "records_per_fsync": per_batch}
+
 
 def cmd_record(args):
     report = None
@@ -68,6 +108,10 @@ def cmd_record(args):
         "wall_s": round(wall_s, 3),
         "server_cpu_s": None if server_s is None else round(server_s, 3),
         "other_load": other_load,
+        # shardpay targets: growth of shardpay_log_frames_total and shardpay_log_batches_total
+        # (summed over shards) over the whole client invocation (set-up, warm-up and measured
+        # window), and their ratio; null for the peers, or when /metrics lacks them.
+        "log": log_growth(args.metrics_before, args.metrics_after),
         "report": report,
     }
     print(json.dumps(line, ensure_ascii=False))
@@ -188,6 +232,9 @@ def run_figures(run):
         "errors": dig(report, "errors"),
         "failed": dig(report, "failed"),
         "other_load": run.get("other_load"),
+        "log_frames": dig(run, "log", "frames"),
+        "log_batches": dig(run, "log", "batches"),
+        "log_records_per_fsync": dig(run, "log", "records_per_fsync"),
         "failure": failure(run),
     }
 
@@ -243,6 +290,10 @@ def summarize(runs, meta):
             "failed_runs": len(per_round) - len(good),
             "other_load_max": max((f["other_load"] for f in per_round if f["other_load"] is not None),
                                   default=None),
+            # shardpay targets: log frames per group-commit batch over each run (set-up and
+            # warm-up included), median over rounds; per fdatasync with durability fsync, per
+            # write without one for shardpay-nosync. null: a peer, or no log metrics.
+            "log_records_per_fsync": median(col("log_records_per_fsync"), 2),
             "per_round": per_round,
         })
     return results
@@ -285,6 +336,15 @@ def ratio_cell(values):
     return f"{statistics.median(v):.2f} [{min(v):.2f}–{max(v):.2f}]"
 
 
+def log_cell(log):
+    """A run's log growth: "frames / batches = records per fsync", or ABSENT."""
+    frames, batches = dig(log, "frames"), dig(log, "batches")
+    if frames is None or batches is None:
+        return ABSENT
+    per = dig(log, "records_per_fsync")
+    return f"{frames} / {batches}" + (f" = {per:.1f}" if per is not None else "")
+
+
 def markdown(results, ratios, runs, meta):
     rounds = int(meta["rounds"])
     targets = meta["targets"].split(",")
@@ -303,7 +363,10 @@ def markdown(results, ratios, runs, meta):
         for k in range(1, min(rounds, len(targets)) + 1))
     L.append(
         f"Server on CPU {meta['server_cpus']} (`taskset`, all threads; shardpay `--shards N --cpus "
-        f"{meta['server_cpus']}` with `{meta.get('shardpay_config', 'config/bench.toml')}`, axum `--threads N`), client "
+        f"{meta['server_cpus']}` with `{meta.get('shardpay_config', 'config/bench.toml')}`"
+        + (", shardpay-nosync the same with `SHARDPAY_STORAGE_DURABILITY=none`"
+           if "shardpay-nosync" in targets else "")
+        + ", axum `--threads N`), client "
         f"`shardpay-bench` on CPU {meta['client_cpus']} ({len(client_cpus)} thread(s)), "
         f"{meta['connections']} connections, {meta['warmup_s']} s warm-up + {meta['duration_s']} s "
         f"measured per run, {meta['users']} users set up per run for balance/payments/mixed"
@@ -311,6 +374,11 @@ def markdown(results, ratios, runs, meta):
         + (", shard-aware connections (shardpay)" if meta.get("shard_aware") == "1" else "")
         + (f", cross-shard ratio {meta['cross_shard_ratio']}" if meta.get("cross_shard_ratio") else "")
         + ".")
+    if meta.get("data_parent"):
+        L.append("")
+        L.append("shardpay's write-ahead log: a fresh, empty data directory for every server start, "
+                 f"below `{meta['data_parent']}` ({meta.get('data_fs', 'unknown')} file system), "
+                 "deleted when the server stopped.")
     L.append("")
     L.append(
         f"{rounds} round(s), interleaved with the target order rotated every round ({rotation}"
@@ -330,9 +398,9 @@ def markdown(results, ratios, runs, meta):
     L.append("## Results")
     L.append("")
     L.append("| target | scenario | shards | rate | offered req/s | requests/s | server CPU-µs/req | min–max "
-             "| user | sys | server cores busy | client CPU-µs/req | p50 | p90 | p99 | p99.9 | errors "
-             "| other load (max) |")
-    L.append("|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+             "| user | sys | server cores busy | client CPU-µs/req | p50 | p90 | p99 | p99.9 "
+             "| records/fsync | errors | other load (max) |")
+    L.append("|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in results:
         good = [f for f in r["per_round"] if f["valid"]]
         flag_other = (r["other_load_max"] or 0) > other_limit
@@ -352,7 +420,8 @@ def markdown(results, ratios, runs, meta):
             f"| {fmt(r['server_user_us_per_request'], '.2f')} | {fmt(r['server_system_us_per_request'], '.2f')} "
             f"| {fmt(r['server_cores_busy'], '.2f')} | {fmt(r['client_cpu_us_per_request'], '.2f')} "
             f"| {fmt(lat['p50'], '.0f')} | {fmt(lat['p90'], '.0f')} | {fmt(lat['p99'], '.0f')} "
-            f"| {fmt(lat['p999'], '.0f')} | {err_cell} "
+            f"| {fmt(lat['p999'], '.0f')} | {fmt(r['log_records_per_fsync'], '.1f', ABSENT)} "
+            f"| {err_cell} "
             f"| {fmt(None if r['other_load_max'] is None else r['other_load_max'] * 100, '.1f')}%"
             f"{' ⚠' if flag_other else ''} |")
     L.append("")
@@ -366,7 +435,12 @@ def markdown(results, ratios, runs, meta):
              f"{OFFERED_REACHED_MIN:.0%} of its offered rate (the server or the client could not "
              "keep up), so its latency includes a growing backlog. In open loop the server and "
              "the client may poll while idle, so CPU-µs/req below peak load is not a per-request "
-             "cost; compare CPU-µs/req at peak.")
+             "cost; compare CPU-µs/req at peak. \"Records/fsync\" (shardpay targets): "
+             f"`{LOG_FRAMES_METRIC}` / `{LOG_BATCHES_METRIC}`, summed over the shards, grown over "
+             "the whole client run (its set-up, warm-up and measured window: /metrics is read "
+             "before and after), median over rounds: log records per group-commit batch, i.e. "
+             "per fdatasync with durability fsync (per write without one for shardpay-nosync); "
+             f"\"{ABSENT}\": a peer, no log writes, or a server without these metrics.")
 
     L.append("")
     L.append("## Ratios")
@@ -446,8 +520,9 @@ def markdown(results, ratios, runs, meta):
     L.append("In the order they ran.")
     L.append("")
     L.append("| # | round | target | scenario | shards | rate | offered req/s | requests/s "
-             "| server CPU-µs/req | client CPU-µs/req | p99 | errors | other load | status |")
-    L.append("|--:|--:|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|")
+             "| server CPU-µs/req | client CPU-µs/req | p99 | log records / batches | errors "
+             "| other load | status |")
+    L.append("|--:|--:|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|")
     for r in runs:
         rep = r.get("report")
         why = failure(r)
@@ -458,6 +533,7 @@ def markdown(results, ratios, runs, meta):
             f"| {fmt(dig(rep, 'server_cpu', 'cpu_us_per_request'), '.2f')} "
             f"| {fmt(dig(rep, 'client_cpu', 'cpu_us_per_request'), '.2f')} "
             f"| {fmt(dig(rep, 'latency_us', 'p99'), '.0f')} "
+            f"| {log_cell(r.get('log'))} "
             f"| {(dig(rep, 'errors') or 0) + (dig(rep, 'failed') or 0)} "
             f"| {fmt(None if r.get('other_load') is None else r['other_load'] * 100, '.1f')}% "
             f"| {'ok' if not why else '⚠ ' + why} |")
@@ -481,6 +557,9 @@ def cmd_report(args):
             "connections", "pipeline_depth", "users", "shard_aware", "cross_shard_ratio",
             "server_cpus", "client_cpus")},
         "notes": meta["note"],
+        # shardpay's data directories (one per server start, deleted after it) were below
+        # data_parent, on a file system of type data_fs (tmpfs: fdatasync costs nothing).
+        "storage": {k: meta.get(k) for k in ("data_parent", "data_fs")},
         "runs": args.runs,
         "failed_runs": sum(1 for r in runs if failure(r)),
         "results": results,
@@ -505,7 +584,8 @@ def main():
     p = sub.add_parser("record")
     for name in ("report", "seq", "round", "target", "scenario", "shards", "shards-label", "rate",
                  "mode", "offered", "exit-status", "note", "server-log", "client-output",
-                 "client-command", "wall-ns", "server-ticks", "busy-ticks", "clk-tck"):
+                 "client-command", "wall-ns", "server-ticks", "busy-ticks", "clk-tck",
+                 "metrics-before", "metrics-after"):
         p.add_argument("--" + name, default="")
     p.set_defaults(func=cmd_record)
     p = sub.add_parser("field")

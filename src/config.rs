@@ -26,6 +26,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Money.
     pub money: MoneyConfig,
+    /// Where state is stored.
+    pub storage: StorageConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -172,6 +174,77 @@ pub struct LogConfig {
     pub level: String,
     /// `text` or `json`.
     pub format: LogFormat,
+}
+
+/// `[storage]`: where each shard's state is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `wal` (the embedded per-shard write-ahead log) or `memory` (nothing survives a restart).
+    pub backend: StorageBackend,
+    /// Directory of the write-ahead log (created if missing).
+    pub data_dir: String,
+    /// `fsync`: a change is answered only after it is on disk. `none`: answered at once, written
+    /// without `fdatasync`; a crash loses recent changes (benchmarks only).
+    pub durability: Durability,
+    /// A log segment file is closed at about this size, and preallocated to it.
+    pub segment_bytes: u64,
+    /// A shard writes a snapshot of its state after this many log bytes, then deletes the
+    /// segments the snapshot covers.
+    pub snapshot_bytes: u64,
+}
+
+/// Storage backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// The embedded per-shard write-ahead log.
+    Wal,
+    /// Memory only.
+    Memory,
+}
+
+/// When a logged change counts as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// After `fdatasync`.
+    Fsync,
+    /// At once (benchmarks only).
+    None,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: StorageBackend::Wal,
+            data_dir: "data".to_string(),
+            durability: Durability::Fsync,
+            segment_bytes: 64 << 20,
+            snapshot_bytes: 256 << 20,
+        }
+    }
+}
+
+impl StorageConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.trim().is_empty() {
+            return Err(error("storage.data_dir", "must not be empty"));
+        }
+        if self.segment_bytes < 1 << 20 || self.segment_bytes > 1 << 30 || self.segment_bytes % 4096 != 0 {
+            return Err(error(
+                "storage.segment_bytes",
+                "must be a multiple of 4096 from 1048576 (1 MiB) to 1073741824 (1 GiB)",
+            ));
+        }
+        if self.snapshot_bytes < 1 << 20 {
+            return Err(error(
+                "storage.snapshot_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Log line format.
@@ -472,6 +545,7 @@ impl Config {
         positive("mesh.reply_timeout_ms", self.mesh.reply_timeout_ms)?;
         self.auth.validate()?;
         self.money.validate(self.auth.dev_keys_allowed)?;
+        self.storage.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|err| error("log.level", format!("not a valid filter: {err}")))?;
         Ok(())

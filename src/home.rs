@@ -289,6 +289,7 @@ pub enum HomeError {
 }
 
 /// An idempotency answer to store once a cross-shard transfer is acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct PendingAnswer {
     scope: Scope,
     key: String,
@@ -308,6 +309,8 @@ pub struct Home {
     /// When each outbox entry was last sent, Unix milliseconds.
     last_sent: HashMap<String, u64>,
     idempotency: idempotency::Store,
+    /// Retention (ms) and capacity of the idempotency store, from the configuration.
+    idempotency_limits: (u64, usize),
     login_failures: Limiter<String>,
     user_requests: Limiter<UserId>,
 }
@@ -330,6 +333,10 @@ impl Home {
             pending: HashMap::new(),
             last_sent: HashMap::new(),
             idempotency: idempotency::Store::new(
+                money.idempotency_retention_seconds.saturating_mul(1000),
+                money.idempotency_keys_max,
+            ),
+            idempotency_limits: (
                 money.idempotency_retention_seconds.saturating_mul(1000),
                 money.idempotency_keys_max,
             ),
@@ -524,14 +531,23 @@ impl Home {
                 Err(error) => UserReply::Refused(HomeError::Ledger(error)),
             },
             UserCommand::Settle { transfer } => {
-                let _ = self.commit_ledger(&ledger::Command::Settle {
-                    transfer: transfer.clone(),
-                });
                 self.last_sent.remove(&transfer);
-                if let Some(pending) = self.pending.remove(&transfer) {
-                    self.idempotency
-                        .complete(&pending.scope, &pending.key, 201, pending.answer);
-                }
+                let Ok(events) = self.ledger.decide(&ledger::Command::Settle {
+                    transfer: transfer.clone(),
+                }) else {
+                    return UserReply::Done;
+                };
+                // The waiting answer becomes the key's stored answer in the same append
+                // (applying `Settled` drops the pending answer).
+                let completion = self.pending.get(&transfer).and_then(|pending| {
+                    self.idempotency.decide_complete(
+                        &pending.scope,
+                        &pending.key,
+                        201,
+                        pending.answer.clone(),
+                    )
+                });
+                self.commit(events, completion.into_iter().collect());
                 UserReply::Done
             }
             UserCommand::OutboxDue {
@@ -560,14 +576,23 @@ impl Home {
                     return UserReply::Refused(HomeError::UserNotFound);
                 }
                 let command = ledger::Command::Deposit {
-                    id,
-                    user,
+                    id: id.clone(),
+                    user: user.clone(),
                     amount,
                     currency,
                 };
                 match self.commit_ledger(&command) {
                     Ok(_) => UserReply::Done,
-                    Err(LedgerError::IdTaken) => UserReply::Refused(HomeError::IdCollision),
+                    // Deposit ids derive from the idempotency key: the same deposit, applied by
+                    // an attempt a restart interrupted before its key was answered.
+                    Err(LedgerError::IdTaken) => match self.ledger.deposit(&id) {
+                        Some((to, done, done_currency))
+                            if *to == user && done == amount && done_currency == currency =>
+                        {
+                            UserReply::Done
+                        }
+                        _ => UserReply::Refused(HomeError::IdCollision),
+                    },
                     Err(error) => UserReply::Refused(HomeError::Ledger(error)),
                 }
             }
@@ -705,10 +730,14 @@ impl Home {
                 UserReply::Done
             }
             Some(transfer) => {
-                self.commit(events, Vec::new());
+                let pending = Record::Pending {
+                    transfer: transfer.id().to_string(),
+                    scope,
+                    key,
+                    answer,
+                };
+                self.commit_with(events, Vec::new(), Some(pending));
                 self.last_sent.insert(transfer.id().to_string(), now_ms);
-                self.pending
-                    .insert(transfer.id().to_string(), PendingAnswer { scope, key, answer });
                 UserReply::Transfer(transfer)
             }
         }
@@ -723,23 +752,184 @@ impl Home {
 
     /// Logs ledger events and idempotency changes in one append, then applies them.
     fn commit(&mut self, events: Vec<ledger::Event>, changes: Vec<Change>) {
-        if events.is_empty() && changes.is_empty() {
+        self.commit_with(events, changes, None);
+    }
+
+    /// As [`Home::commit`], with a pending cross-shard answer in the same append.
+    fn commit_with(&mut self, events: Vec<ledger::Event>, changes: Vec<Change>, pending: Option<Record>) {
+        if events.is_empty() && changes.is_empty() && pending.is_none() {
             return;
         }
         let records: Vec<Record> = events
-            .iter()
-            .cloned()
+            .into_iter()
             .map(Record::Ledger)
-            .chain(changes.iter().cloned().map(Record::Idempotency))
+            .chain(changes.into_iter().map(Record::Idempotency))
+            .chain(pending)
             .collect();
         self.log.append(&records);
-        for event in &events {
-            self.ledger.apply(event);
-        }
-        for change in &changes {
-            self.idempotency.apply(change);
+        for record in records {
+            self.apply(record);
         }
     }
+
+    /// Applies one logged record: after it was appended, or when replaying the log.
+    fn apply(&mut self, record: Record) {
+        match record {
+            Record::Auth(event) => self.auth.apply(&event),
+            Record::Ledger(event) => {
+                if let ledger::Event::Settled { transfer } = &event {
+                    self.pending.remove(transfer);
+                }
+                self.ledger.apply(&event);
+            }
+            Record::Idempotency(change) => self.idempotency.apply(&change),
+            Record::Pending {
+                transfer,
+                scope,
+                key,
+                answer,
+            } => {
+                self.pending
+                    .insert(transfer, PendingAnswer { scope, key, answer });
+            }
+        }
+    }
+
+    /// After recovery: releases the idempotency keys whose request a stop interrupted (claimed,
+    /// never answered, and not waiting for another shard's acknowledgement), so that a retry
+    /// executes again instead of getting 409 until the key expires. Safe: a payment's key is
+    /// answered in the same append as the payment (or waits as a pending answer), and a deposit's
+    /// id derives from its key, so a retried deposit that was applied is recognised. Returns how
+    /// many keys were released.
+    pub fn release_interrupted(&mut self) -> usize {
+        let waiting: std::collections::HashSet<(&Scope, &str)> = self
+            .pending
+            .values()
+            .map(|pending| (&pending.scope, pending.key.as_str()))
+            .collect();
+        let released: Vec<Change> = self
+            .idempotency
+            .running()
+            .into_iter()
+            .filter(|(scope, key)| !waiting.contains(&(scope, key.as_str())))
+            .map(|(scope, key)| Change::Released { scope, key })
+            .collect();
+        let count = released.len();
+        self.commit(Vec::new(), released);
+        count
+    }
+
+    /// The shard's money (read-only; for checks and tests).
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Replays records read back from the log (recovery), in order.
+    pub fn replay(&mut self, records: Vec<Record>) {
+        for record in records {
+            self.apply(record);
+        }
+    }
+
+    /// The shard's logged state, encoded for a snapshot. Rate limits, session use times and
+    /// resend times are not part of it (they are not logged either).
+    pub fn encode_state(&self) -> Vec<u8> {
+        let state = StateRef {
+            auth: &self.auth,
+            ledger: &self.ledger,
+            idempotency: &self.idempotency,
+            pending: &self.pending,
+        };
+        bincode::serialize(&state).expect("the state serializes")
+    }
+
+    /// Replaces the logged state with a snapshot's (from [`Home::encode_state`]).
+    pub fn restore_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let state: State =
+            bincode::deserialize(bytes).map_err(|error| format!("the snapshot does not decode: {error}"))?;
+        self.set_state(state);
+        Ok(())
+    }
+
+    fn set_state(&mut self, state: State) {
+        self.auth = state.auth;
+        self.ledger = state.ledger;
+        self.idempotency = state
+            .idempotency
+            .with_limits(self.idempotency_limits.0, self.idempotency_limits.1);
+        self.pending = state.pending;
+    }
+
+    /// Moves the state of `parts` (old shards) to `shards` new shards (resharding): every user's
+    /// data goes to the shard of the user's slot, admin idempotency keys to the shard of the
+    /// key's slot. Each result is a snapshot body for [`Home::restore_state`].
+    pub fn reshard(parts: Vec<Home>, shards: usize) -> Vec<Vec<u8>> {
+        let mut auth = Vec::with_capacity(parts.len());
+        let mut ledgers = Vec::with_capacity(parts.len());
+        let mut stores = Vec::with_capacity(parts.len());
+        let mut pending = HashMap::new();
+        for part in parts {
+            auth.push(part.auth);
+            ledgers.push(part.ledger);
+            stores.push(part.idempotency);
+            pending.extend(part.pending);
+        }
+        let user_shard = |user: &UserId| user.slot().shard(shards);
+        let key_shard = |scope: &Scope, key: &str| match scope {
+            Scope::User(user) => user.slot().shard(shards),
+            Scope::Admin => Slot::of_bytes(key.as_bytes()).shard(shards),
+        };
+        let auth = AuthState::merge(auth).split(&user_shard, shards);
+        let ledgers = Ledger::merge(ledgers).split(&user_shard, shards);
+        let stores = idempotency::Store::merge(stores).split(&key_shard, shards);
+        let mut pendings: Vec<HashMap<String, PendingAnswer>> = (0..shards).map(|_| HashMap::new()).collect();
+        for (transfer, answer) in pending {
+            let shard = key_shard(&answer.scope, &answer.key);
+            pendings[shard].insert(transfer, answer);
+        }
+        auth.into_iter()
+            .zip(ledgers)
+            .zip(stores)
+            .zip(pendings)
+            .map(|(((auth, ledger), idempotency), pending)| {
+                bincode::serialize(&State {
+                    auth,
+                    ledger,
+                    idempotency,
+                    pending,
+                })
+                .expect("the state serializes")
+            })
+            .collect()
+    }
+}
+
+impl crate::storage::recovery::Sink for Home {
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.restore_state(snapshot)
+    }
+
+    fn replay(&mut self, records: Vec<Record>) {
+        Home::replay(self, records);
+    }
+}
+
+/// The logged state of a shard, as a snapshot stores it.
+#[derive(serde::Deserialize, serde::Serialize)]
+struct State {
+    auth: AuthState,
+    ledger: Ledger,
+    idempotency: idempotency::Store,
+    pending: HashMap<String, PendingAnswer>,
+}
+
+/// [`State`] borrowed, to encode without copying (same fields, same order).
+#[derive(serde::Serialize)]
+struct StateRef<'a> {
+    auth: &'a AuthState,
+    ledger: &'a Ledger,
+    idempotency: &'a idempotency::Store,
+    pending: &'a HashMap<String, PendingAnswer>,
 }
 
 #[cfg(test)]
@@ -964,6 +1154,7 @@ mod tests {
                 Record::Auth(event) => auth.apply(event),
                 Record::Ledger(event) => ledger.apply(event),
                 Record::Idempotency(change) => keys.apply(change),
+                Record::Pending { .. } => {}
             }
         }
         // The payment's key was completed in the same append as its ledger events.

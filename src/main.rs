@@ -39,6 +39,10 @@ struct ServeArgs {
     /// First shard-aware port. Overrides server.shard_port_base.
     #[arg(long, value_name = "PORT")]
     shard_port_base: Option<u16>,
+    /// When a shard's log is damaged before its last batch, truncate it there (losing every
+    /// later change) instead of refusing to start. Use only after saving a copy of data_dir.
+    #[arg(long)]
+    repair: bool,
 }
 
 /// Exit status for an unusable configuration (as for command-line usage errors).
@@ -76,7 +80,8 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             shardpay::logging::init(&config.log);
-            match shardpay::server::serve(config) {
+            let options = shardpay::server::ServeOptions { repair: args.repair };
+            match shardpay::server::serve(config, options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(shardpay::shard::ShardError::Config(error)) => {
                     eprintln!("shardpay: {error}");

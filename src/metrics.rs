@@ -164,6 +164,9 @@ impl ShardMetrics {
             mesh_sent: values(&self.mesh_sent),
             mesh_received: values(&self.mesh_received),
             mesh_backpressure: values(&self.mesh_backpressure),
+            log_frames: 0,
+            log_batches: 0,
+            log_bytes: 0,
         }
     }
 }
@@ -215,6 +218,12 @@ pub struct Snapshot {
     pub mesh_received: Vec<u64>,
     /// Mesh sends that waited for queue space, by peer.
     pub mesh_backpressure: Vec<u64>,
+    /// Frames appended to the shard's log (one per state change).
+    pub log_frames: u64,
+    /// Batches written to the log (one write and, with fsync durability, one fdatasync each).
+    pub log_batches: u64,
+    /// Bytes appended to the log.
+    pub log_bytes: u64,
 }
 
 /// Reads one per-shard value from a snapshot.
@@ -275,7 +284,7 @@ pub fn render(snapshots: &[Snapshot]) -> String {
             snapshot.shard, cumulative
         );
     }
-    let simple: [(&str, &str, &str, Gauge); 5] = [
+    let simple: [(&str, &str, &str, Gauge); 8] = [
         (
             "shardpay_connections_open",
             "gauge",
@@ -305,6 +314,24 @@ pub fn render(snapshots: &[Snapshot]) -> String {
             "counter",
             "argon2id computations started: hashes at signup, verifications at login (unknown users included).",
             |s| s.password_checks,
+        ),
+        (
+            "shardpay_log_frames_total",
+            "counter",
+            "Frames appended to the shard's write-ahead log (one per state change).",
+            |s| s.log_frames,
+        ),
+        (
+            "shardpay_log_batches_total",
+            "counter",
+            "Group-commit batches written to the log: one write and one fdatasync each (frames / batches = records per fsync).",
+            |s| s.log_batches,
+        ),
+        (
+            "shardpay_log_bytes_total",
+            "counter",
+            "Bytes appended to the shard's write-ahead log.",
+            |s| s.log_bytes,
         ),
     ];
     for (name, kind, help, value) in simple {

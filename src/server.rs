@@ -13,10 +13,28 @@ use crate::http::connection::Settings;
 use crate::net::{self, Listener};
 use crate::shard::{self, Launch, Shard, ShardError};
 
-/// Serves until SIGINT or SIGTERM, then drains and returns.
-pub fn serve(config: Config) -> Result<(), ShardError> {
+/// How to start, beyond the configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeOptions {
+    /// Truncate a log damaged in the middle instead of refusing to start (`--repair`).
+    pub repair: bool,
+}
+
+/// Recovers the stored state, serves until SIGINT or SIGTERM, then drains and returns.
+pub fn serve(config: Config, options: ServeOptions) -> Result<(), ShardError> {
     let config = Arc::new(config);
-    let launch = Launch::new(config.clone())?;
+    let mut launch = Launch::new(config.clone())?;
+    match (config.storage.backend, config.storage.durability) {
+        (crate::config::StorageBackend::Memory, _) => {
+            tracing::warn!("storage.backend is \"memory\": nothing survives a restart")
+        }
+        (_, crate::config::Durability::None) => tracing::warn!(
+            "storage.durability is \"none\": changes are answered before they are on disk, and a \
+             crash loses the last ones (for benchmarks only)"
+        ),
+        _ => {}
+    }
+    launch.open_storage(options.repair)?;
     // The first SIGINT or SIGTERM starts the drain; a second one while draining exits at once
     // with status 1 (handlers run in registration order, so the check sees the earlier signal).
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -35,6 +53,8 @@ pub fn serve(config: Config) -> Result<(), ShardError> {
         cpus = ?cluster.cpus,
         listen = %config.server.listen,
         shard_port_base = config.server.shard_port_base,
+        storage = ?config.storage.backend,
+        data_dir = %config.storage.data_dir,
         "starting"
     );
     launch.run(ROUTE_NAMES, move |shard| run_shard(shard, config.clone()))?;

@@ -11,9 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::auth::{
-    hex, mesh_failure, now_ms, random, refused_error, unexpected, Answer, Failure, ID_DRAWS_MAX,
-};
+use super::auth::{hex, mesh_failure, now_ms, refused_error, unexpected, Answer, Failure};
 use super::error::{self, ApiError, ErrorType};
 use super::json::{parse_body, rfc3339};
 use crate::config::MoneyConfig;
@@ -147,7 +145,7 @@ pub async fn deposit(
         other => return Err(unexpected(&other)),
     }
     // From here on every answer is final for this key, errors included, and is stored.
-    let (status, answer_body, home) = match execute_deposit(money, shard, body).await {
+    let (status, answer_body, home) = match execute_deposit(money, shard, body, &key).await {
         Ok((body, home)) => (201, body, home),
         Err(failure) => {
             let mut encoded = Vec::new();
@@ -173,7 +171,21 @@ pub async fn deposit(
     })
 }
 
-async fn execute_deposit(money: &Money, shard: &Shard, body: &[u8]) -> Result<(Vec<u8>, usize), Failure> {
+/// The id of the deposit made with idempotency key `key`: derived from the key, so that a
+/// deposit applied by an attempt a crash interrupted (before its key was answered) is found
+/// again by the retry instead of being applied twice.
+pub fn deposit_id(key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    format!("dep_{}", hex(&digest[..12]))
+}
+
+async fn execute_deposit(
+    money: &Money,
+    shard: &Shard,
+    body: &[u8],
+    key: &str,
+) -> Result<(Vec<u8>, usize), Failure> {
     let request: DepositRequest = parse_body(body)?;
     let amount = amount_of(&request.amount)?;
     let currency = money.currency(&request.currency)?;
@@ -181,48 +193,37 @@ async fn execute_deposit(money: &Money, shard: &Shard, body: &[u8]) -> Result<(V
         .ok_or_else(|| Failure::from(refused_error(HomeError::UserNotFound).with_param("user_id")))?;
     let slot = user.slot();
     let home = shard.home_of(slot);
-    for _ in 0..ID_DRAWS_MAX {
-        let id = format!("dep_{}", hex(&random::<12>()?));
-        let command = UserCommand::Deposit {
-            id: id.clone(),
-            user: user.clone(),
-            amount,
-            currency,
-        };
-        match shard.invoke_on_home(slot, command).await.map_err(mesh_failure)? {
-            UserReply::Done => {
-                let body = DepositBody {
-                    id: &id,
-                    user_id: user.as_str(),
-                    amount,
-                    currency: currency.as_str(),
-                    created_at: rfc3339(now_ms()),
-                };
-                return Ok((serde_json::to_vec(&body).expect("plain structs serialize"), home));
-            }
-            UserReply::Refused(HomeError::IdCollision) => continue,
-            UserReply::Refused(HomeError::UserNotFound) => {
-                return Err(Failure {
-                    error: refused_error(HomeError::UserNotFound).with_param("user_id"),
-                    home: Some(home),
-                })
-            }
-            UserReply::Refused(error) => {
-                return Err(Failure {
-                    error: refused_error(error),
-                    home: Some(home),
-                })
-            }
-            other => return Err(unexpected(&other)),
+    let id = deposit_id(key);
+    let command = UserCommand::Deposit {
+        id: id.clone(),
+        user: user.clone(),
+        amount,
+        currency,
+    };
+    match shard.invoke_on_home(slot, command).await.map_err(mesh_failure)? {
+        UserReply::Done => {
+            let body = DepositBody {
+                id: &id,
+                user_id: user.as_str(),
+                amount,
+                currency: currency.as_str(),
+                created_at: rfc3339(now_ms()),
+            };
+            Ok((serde_json::to_vec(&body).expect("plain structs serialize"), home))
         }
+        // The key's deposit exists with other details: the key was reused after a restart
+        // released it.
+        UserReply::Refused(HomeError::IdCollision) => Err(idempotency_refusal(&Begin::Reused, home)),
+        UserReply::Refused(HomeError::UserNotFound) => Err(Failure {
+            error: refused_error(HomeError::UserNotFound).with_param("user_id"),
+            home: Some(home),
+        }),
+        UserReply::Refused(error) => Err(Failure {
+            error: refused_error(error),
+            home: Some(home),
+        }),
+        other => Err(unexpected(&other)),
     }
-    Err(ApiError::new(
-        500,
-        ErrorType::ApiError,
-        "internal_error",
-        "could not draw a free deposit id",
-    )
-    .into())
 }
 
 /// An amount field: an integer number of minor units from 1 to 10^15, else 422 `invalid_amount`.

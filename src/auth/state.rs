@@ -6,6 +6,10 @@
 //! logs events between the two (`append → durable → apply → respond`) and replays them at start.
 //! Nothing here does I/O, reads a clock or draws random numbers: times, ids, token hashes and
 //! password hashes come in with the command. Refresh tokens are stored only as SHA-256 hashes.
+//!
+//! For snapshots the state serializes whole; for resharding [`AuthState::merge`] combines old
+//! shards' states and [`AuthState::split`] divides one among new shards, each user with their
+//! sessions and refresh tokens.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -36,7 +40,7 @@ pub struct User {
 }
 
 /// A session: one login, with its current refresh token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     /// Session id.
     pub id: String,
@@ -180,8 +184,8 @@ pub enum AuthError {
     InvalidRefreshToken,
 }
 
-/// One shard's users and sessions.
-#[derive(Debug, Default)]
+/// One shard's users and sessions. Serializes whole, as a snapshot.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthState {
     users: HashMap<UserId, User>,
     by_username: HashMap<String, UserId>,
@@ -422,6 +426,90 @@ impl AuthState {
         }
         Ok(events)
     }
+
+    /// Combines the states of several shards into one (the first half of a reshard). Each user
+    /// lives on one shard, so nothing should collide; if an id, username or session id does, the
+    /// first part's wins. Each user's sessions keep their order, oldest first.
+    pub fn merge(parts: Vec<AuthState>) -> AuthState {
+        let mut merged = AuthState::new();
+        for part in parts {
+            let AuthState {
+                users,
+                by_username,
+                mut sessions,
+                sessions_by_user,
+                refresh_tokens: _,
+            } = part;
+            for (id, user) in users {
+                merged.users.entry(id).or_insert(user);
+            }
+            for (username, id) in by_username {
+                merged.by_username.entry(username).or_insert(id);
+            }
+            for ids in sessions_by_user.into_values() {
+                for id in ids {
+                    if let Some(session) = sessions.remove(&id) {
+                        merged.insert_session(session);
+                    }
+                }
+            }
+        }
+        merged
+    }
+
+    /// Divides this state into `parts` states (the second half of a reshard): each user, with
+    /// their sessions (in order) and refresh tokens, goes to part `owner(user id)`.
+    ///
+    /// Panics if `parts` is 0 or `owner` names a part out of range (a bug in the caller).
+    pub fn split(self, owner: &dyn Fn(&UserId) -> usize, parts: usize) -> Vec<AuthState> {
+        assert!(parts > 0, "an auth state split into no parts");
+        let part_of = |user: &UserId| {
+            let part = owner(user);
+            assert!(part < parts, "owner named part {part} of {parts}");
+            part
+        };
+        let AuthState {
+            users,
+            by_username,
+            mut sessions,
+            sessions_by_user,
+            refresh_tokens: _,
+        } = self;
+        let mut split: Vec<AuthState> = (0..parts).map(|_| AuthState::new()).collect();
+        for (id, user) in users {
+            split[part_of(&id)].users.insert(id, user);
+        }
+        for (username, id) in by_username {
+            split[part_of(&id)].by_username.insert(username, id);
+        }
+        for ids in sessions_by_user.into_values() {
+            for id in ids {
+                if let Some(session) = sessions.remove(&id) {
+                    split[part_of(&session.user)].insert_session(session);
+                }
+            }
+        }
+        split
+    }
+
+    /// Adds a whole session (with its refresh tokens) after the user's others, unless its id is
+    /// taken. Refresh tokens are rebuilt from the sessions rather than copied, so they always
+    /// point at a live session that knows them.
+    fn insert_session(&mut self, session: Session) {
+        if self.sessions.contains_key(&session.id) {
+            return;
+        }
+        for token in session.rotated.iter().chain([&session.refresh_hash]) {
+            self.refresh_tokens
+                .entry(*token)
+                .or_insert_with(|| session.id.clone());
+        }
+        self.sessions_by_user
+            .entry(session.user.clone())
+            .or_default()
+            .push(session.id.clone());
+        self.sessions.insert(session.id.clone(), session);
+    }
 }
 
 #[cfg(test)]
@@ -609,6 +697,125 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    fn through_bincode(state: &AuthState) -> AuthState {
+        let bytes = bincode::serialize(state).expect("an auth state serializes");
+        bincode::deserialize(&bytes).expect("an auth state deserializes")
+    }
+
+    /// Users on `shards` shards by their slot, each with sessions, some refreshed, one revoked.
+    fn populated(users: u8, shards: usize) -> (Vec<AuthState>, Vec<UserId>) {
+        let mut states: Vec<AuthState> = (0..shards).map(|_| AuthState::new()).collect();
+        let mut ids = Vec::new();
+        for n in 0..users {
+            let name = format!("user{n}");
+            let shard = Slot::of_username(&name).shard(shards);
+            let id = signup(&mut states[shard], &name, n);
+            let token = u32::from(n) * 1_000;
+            for session in 0..3 {
+                login(
+                    &mut states[shard],
+                    &id,
+                    &format!("ses_{n}_{session}"),
+                    token + session,
+                );
+            }
+            // The middle session rotates twice; the first is logged out.
+            refresh(&mut states[shard], token + 1, token + 10, 20).unwrap();
+            refresh(&mut states[shard], token + 10, token + 11, 30).unwrap();
+            states[shard]
+                .execute(&Command::RevokeSession {
+                    user: id.clone(),
+                    session: format!("ses_{n}_0"),
+                })
+                .unwrap();
+            ids.push(id);
+        }
+        (states, ids)
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_through_bincode() {
+        let (states, ids) = populated(6, 1);
+        let state = &states[0];
+        let copy = through_bincode(state);
+        assert_eq!(&copy, state);
+        assert_eq!(copy.sessions_of(&ids[0]), state.sessions_of(&ids[0]));
+        assert_eq!(copy.user_by_username("user3").unwrap().id, ids[3]);
+    }
+
+    #[test]
+    fn resharding_moves_each_user_with_their_sessions_and_tokens() {
+        for new_shards in [1usize, 2, 3, 5] {
+            for merge_first in [true, false] {
+                let (old, ids) = populated(30, 2);
+                let snapshot = |state: &AuthState| {
+                    ids.iter()
+                        .map(|id| {
+                            let sessions: Vec<Session> = state.sessions_of(id).into_iter().cloned().collect();
+                            (state.user(id).cloned(), sessions)
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let whole = AuthState::merge(old.iter().map(through_bincode).collect());
+                let before = snapshot(&whole);
+                let owner = |user: &UserId| user.slot().shard(new_shards);
+                let mut new: Vec<AuthState> = if merge_first {
+                    whole.split(&owner, new_shards)
+                } else {
+                    let mut columns: Vec<Vec<AuthState>> = (0..new_shards).map(|_| Vec::new()).collect();
+                    for state in old {
+                        for (column, part) in columns.iter_mut().zip(state.split(&owner, new_shards)) {
+                            column.push(part);
+                        }
+                    }
+                    columns.into_iter().map(AuthState::merge).collect()
+                };
+                assert_eq!(new.len(), new_shards);
+                for (n, id) in ids.iter().enumerate() {
+                    let home = owner(id);
+                    let name = format!("user{n}");
+                    for (shard, state) in new.iter().enumerate() {
+                        let found = state.user_by_username(&name).map(|u| u.id.clone());
+                        assert_eq!(found.as_ref(), (shard == home).then_some(id), "{name} on {shard}");
+                        assert_eq!(state.sessions_of(id).is_empty(), shard != home);
+                    }
+                    // The same user, the same sessions in the same order.
+                    let after: Vec<Session> = new[home].sessions_of(id).into_iter().cloned().collect();
+                    assert_eq!((new[home].user(id).cloned(), after), before[n].clone());
+                    // The current token works; a rotated one still gives the session away.
+                    let token = n as u32 * 1_000;
+                    refresh(&mut new[home], token + 2, token + 500, 40).unwrap();
+                    assert_eq!(
+                        refresh(&mut new[home], token + 10, token + 501, 40).unwrap(),
+                        vec![Event::SessionRevoked {
+                            session: format!("ses_{n}_1"),
+                            reason: RevokeReason::RefreshTokenReused
+                        }]
+                    );
+                    assert_eq!(
+                        refresh(&mut new[home], token + 11, token + 502, 40),
+                        Err(AuthError::InvalidRefreshToken)
+                    );
+                    // The logged-out session stays logged out.
+                    assert_eq!(
+                        refresh(&mut new[home], token, token + 503, 40),
+                        Err(AuthError::InvalidRefreshToken)
+                    );
+                    // The username is still taken where it lives now.
+                    assert_eq!(
+                        new[home].decide(&Command::CreateUser {
+                            id: user_id(&name, 200),
+                            username: name.clone(),
+                            password_hash: String::new(),
+                            now_ms: 50,
+                        }),
+                        Err(AuthError::UsernameTaken)
+                    );
+                }
+            }
+        }
     }
 
     /// Operations for the replay property.

@@ -7,6 +7,10 @@
 //! Only final answers are stored — 2xx and 4xx; a 5xx is abandoned so a retry can succeed. The store
 //! is bounded: expired keys are dropped first, and when every slot holds a live key new keys are
 //! refused rather than forgetting a promise. Pure and shard-local: time comes with each call.
+//!
+//! The store serializes whole, as a snapshot (its limits are re-applied from configuration with
+//! [`Store::with_limits`]); for resharding [`Store::merge`] combines old shards' stores and
+//! [`Store::split`] divides one among new shards by a function of each key and its scope.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -84,21 +88,21 @@ pub enum Change {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum State {
     Running,
     Done { status: u16, body: Vec<u8> },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Entry {
     fingerprint: Fingerprint,
     state: State,
     expires_at_ms: u64,
 }
 
-/// One shard's idempotency keys.
-#[derive(Debug, Clone)]
+/// One shard's idempotency keys. Serializes whole, as a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Store {
     entries: HashMap<(Scope, String), Entry>,
     /// (expiry, scope, key), for dropping expired keys in order.
@@ -121,6 +125,71 @@ impl Store {
             retention_ms,
             entries_max: entries_max.max(1),
         }
+    }
+
+    /// The same keys, kept `retention_ms` after first use, at most `entries_max`: the
+    /// configuration's limits, re-applied to a store loaded from a snapshot or resharded (which
+    /// does not choose them). A store already holding more keys refuses new ones until enough
+    /// expire; keys already claimed keep the expiry they were given.
+    pub fn with_limits(mut self, retention_ms: u64, entries_max: usize) -> Store {
+        self.retention_ms = retention_ms;
+        self.entries_max = entries_max.max(1);
+        self
+    }
+
+    /// Combines the stores of several shards into one (the first half of a reshard). A key held
+    /// by two parts (it should not be) keeps the first part's entry. The limits are the largest of
+    /// the parts'; apply the configuration's with [`Store::with_limits`].
+    pub fn merge(parts: Vec<Store>) -> Store {
+        let mut merged = Store::new(0, 1);
+        for part in parts {
+            merged.retention_ms = merged.retention_ms.max(part.retention_ms);
+            merged.entries_max = merged.entries_max.max(part.entries_max);
+            for (id, entry) in part.entries {
+                merged.insert(id, entry);
+            }
+        }
+        merged
+    }
+
+    /// Divides this store into `parts` stores (the second half of a reshard): each key goes to
+    /// part `owner(scope, key)` — a user's keys with the user, the admin's wherever the caller
+    /// puts them. Every part keeps this store's limits.
+    ///
+    /// Panics if `parts` is 0 or `owner` names a part out of range (a bug in the caller).
+    pub fn split(self, owner: &dyn Fn(&Scope, &str) -> usize, parts: usize) -> Vec<Store> {
+        assert!(parts > 0, "a store split into no parts");
+        let mut split: Vec<Store> = (0..parts)
+            .map(|_| Store::new(self.retention_ms, self.entries_max))
+            .collect();
+        for (id, entry) in self.entries {
+            let part = owner(&id.0, &id.1);
+            assert!(part < parts, "owner named part {part} of {parts}");
+            split[part].insert(id, entry);
+        }
+        split
+    }
+
+    /// Adds a whole entry with its place in the expiry order, unless the key is held.
+    fn insert(&mut self, id: (Scope, String), entry: Entry) {
+        if self.entries.contains_key(&id) {
+            return;
+        }
+        self.expiry
+            .insert((entry.expires_at_ms, id.0.clone(), id.1.clone()));
+        self.entries.insert(id, entry);
+    }
+
+    /// The keys whose request is still running (after a restart: interrupted ones).
+    pub fn running(&self) -> Vec<(Scope, String)> {
+        let mut keys: Vec<(Scope, String)> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.state == State::Running)
+            .map(|(key, _)| key.clone())
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// Keys held now.
@@ -371,6 +440,109 @@ mod tests {
             store.begin(&alice(), "b", [1; 32], DAY_MS + 1),
             Begin::InUse
         ));
+    }
+
+    fn through_bincode(store: &Store) -> Store {
+        let bytes = bincode::serialize(store).expect("a store serializes");
+        bincode::deserialize(&bytes).expect("a store deserializes")
+    }
+
+    fn user_scope(n: u8) -> Scope {
+        Scope::User(UserId::new(Slot::of_username(&format!("user{n}")), [n; 10]))
+    }
+
+    /// Where a key lives among `shards`: a user's with the user, the admin's by the key's slot.
+    fn key_shard(scope: &Scope, key: &str, shards: usize) -> usize {
+        match scope {
+            Scope::User(user) => user.slot().shard(shards),
+            Scope::Admin => Slot::of_bytes(key.as_bytes()).shard(shards),
+        }
+    }
+
+    /// Keys of 20 users and the admin on `shards` shards: per scope one answered, one running.
+    fn populated(shards: usize) -> (Vec<Store>, Vec<Scope>) {
+        let mut stores: Vec<Store> = (0..shards).map(|_| Store::new(DAY_MS, 100)).collect();
+        let scopes: Vec<Scope> = (0..20).map(user_scope).chain([Scope::Admin]).collect();
+        for (n, scope) in scopes.iter().enumerate() {
+            for key in [format!("done{n}"), format!("running{n}")] {
+                let store = &mut stores[key_shard(scope, &key, shards)];
+                assert_eq!(store.begin(scope, &key, [n as u8; 32], n as u64), Begin::Proceed);
+            }
+            let key = format!("done{n}");
+            stores[key_shard(scope, &key, shards)].complete(scope, &key, 201, vec![n as u8]);
+        }
+        (stores, scopes)
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_and_takes_its_limits_from_configuration() {
+        let (stores, _) = populated(1);
+        let store = &stores[0];
+        let copy = through_bincode(store);
+        assert_eq!(&copy, store);
+        assert_eq!(copy.len(), 42);
+        // Configuration now allows fewer keys than are held: new ones wait, held ones answer.
+        let mut limited = copy.with_limits(DAY_MS, 10);
+        assert_eq!(limited.begin(&alice(), "new", [1; 32], 100), Begin::Full);
+        assert!(matches!(
+            limited.begin(&user_scope(3), "done3", [3; 32], 100),
+            Begin::Replay { status: 201, .. }
+        ));
+        // A shorter retention applies to keys claimed from now on.
+        let mut quick = through_bincode(store).with_limits(10, 100);
+        assert_eq!(quick.begin(&alice(), "new", [1; 32], 100), Begin::Proceed);
+        quick.complete(&alice(), "new", 201, Vec::new());
+        quick.expire(110);
+        assert_eq!(quick.begin(&alice(), "new", [2; 32], 110), Begin::Proceed);
+    }
+
+    #[test]
+    fn resharding_moves_each_key_to_the_shard_its_owner_names() {
+        for new_shards in [1usize, 2, 3, 4] {
+            for merge_first in [true, false] {
+                let (old, scopes) = populated(2);
+                let owner = |scope: &Scope, key: &str| key_shard(scope, key, new_shards);
+                let mut new: Vec<Store> = if merge_first {
+                    Store::merge(old.iter().map(through_bincode).collect()).split(&owner, new_shards)
+                } else {
+                    let mut columns: Vec<Vec<Store>> = (0..new_shards).map(|_| Vec::new()).collect();
+                    for store in old {
+                        for (column, part) in columns.iter_mut().zip(store.split(&owner, new_shards)) {
+                            column.push(part);
+                        }
+                    }
+                    columns.into_iter().map(Store::merge).collect()
+                };
+                assert_eq!(new.iter().map(Store::len).sum::<usize>(), 42);
+                for (n, scope) in scopes.iter().enumerate() {
+                    let (done, running) = (format!("done{n}"), format!("running{n}"));
+                    for (shard, store) in new.iter().enumerate() {
+                        for key in [&done, &running] {
+                            let held = store.entries.contains_key(&(scope.clone(), key.clone()));
+                            assert_eq!(held, shard == owner(scope, key), "{scope:?} {key} on {shard}");
+                        }
+                    }
+                    let store = &mut new[owner(scope, &done)];
+                    assert_eq!(
+                        store.begin(scope, &done, [n as u8; 32], 1_000),
+                        Begin::Replay {
+                            status: 201,
+                            body: vec![n as u8]
+                        }
+                    );
+                    assert_eq!(store.begin(scope, &done, [99; 32], 1_000), Begin::Reused);
+                    let store = &mut new[owner(scope, &running)];
+                    assert_eq!(store.begin(scope, &running, [n as u8; 32], 1_000), Begin::InUse);
+                }
+                // Expiry still works: answered keys go after retention, running ones stay.
+                for store in &mut new {
+                    store.expire(DAY_MS + 100);
+                    assert!(store.entries.values().all(|entry| entry.state == State::Running));
+                    assert_eq!(store.expiry.len(), store.len());
+                }
+                assert_eq!(new.iter().map(Store::len).sum::<usize>(), 21);
+            }
+        }
     }
 
     proptest! {

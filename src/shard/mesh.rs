@@ -43,6 +43,17 @@ pub enum MeshError {
     /// The peer did not reply within the reply timeout.
     #[error("shard {0} did not reply in time")]
     Timeout(usize),
+    /// The shard's storage failed: it acknowledges nothing more and is stopping.
+    #[error("shard {0} cannot store changes")]
+    StorageFailed(usize),
+}
+
+/// A handler's answer: ready now, or once a future resolves (e.g. after a log write).
+pub enum Answer<R, F> {
+    /// The reply.
+    Now(R),
+    /// The reply, later; the next messages are served meanwhile.
+    Later(F),
 }
 
 /// One shard's unconnected ends of the mesh, made on the main thread and moved to the shard.
@@ -169,21 +180,31 @@ impl<M: Send, R: Send> Mesh<M, R> {
     }
 }
 
-/// Serves one peer's queue until the peer closes it: each message is handed to `handle` and
-/// its reply sent back.
-pub async fn serve_peer<M: Send, R: Send, F, Fut>(
+/// Serves one peer's queue until the peer closes it: each message is handed to `handle`, in
+/// order, and its reply sent back — at once, or (for [`Answer::Later`]) from a task of its own,
+/// so a reply waiting for the disk does not hold up the messages behind it.
+pub async fn serve_peer<M: Send, R: Send + 'static, F, Fut>(
     peer: usize,
     receiver: ConnectedReceiver<Envelope<M, R>>,
     metrics: Rc<ShardMetrics>,
     handle: F,
 ) where
-    F: Fn(M) -> Fut,
-    Fut: std::future::Future<Output = R>,
+    F: Fn(M) -> Answer<R, Fut>,
+    Fut: std::future::Future<Output = R> + 'static,
 {
     while let Some(envelope) = receiver.recv().await {
         ShardMetrics::bump(&metrics.mesh_received, peer);
         let Envelope { message, reply } = envelope;
-        let answer = handle(message).await;
-        let _ = reply.send(answer);
+        match handle(message) {
+            Answer::Now(answer) => {
+                let _ = reply.send(answer);
+            }
+            Answer::Later(answer) => {
+                glommio::spawn_local(async move {
+                    let _ = reply.send(answer.await);
+                })
+                .detach();
+            }
+        }
     }
 }

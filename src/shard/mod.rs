@@ -6,6 +6,7 @@
 //! [`spawn`] and [`sleep`]. Shard-local state is `Rc`/`Cell` and never crosses threads; what
 //! crosses threads ([`Command`], [`Reply`]) owns its data. Nothing here knows about HTTP.
 
+pub mod disk;
 pub mod mesh;
 pub mod offload;
 
@@ -18,13 +19,17 @@ use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
-use crate::config::{parse_cpu_list, Config, ConfigError};
+use crate::config::{parse_cpu_list, Config, ConfigError, Durability, StorageBackend};
 use crate::home::{Home, UserCommand, UserReply};
 use crate::http::date;
 use crate::metrics::{ShardMetrics, Snapshot};
 use crate::net::Connections;
 use crate::slots::Slot;
-use mesh::{Mesh, MeshError};
+use crate::storage::journal::{Journal, JournalLog, Mode};
+use crate::storage::layout::{Layout, LayoutError};
+use crate::storage::recovery;
+use crate::storage::writer::{Files, Writer, WriterConfig};
+use mesh::{Answer, Mesh, MeshError};
 
 pub use crate::slots::{slot_range, SLOT_COUNT};
 
@@ -97,6 +102,8 @@ pub enum Reply {
     Describe(ShardInfo),
     /// The home shard's answer to a user-scoped command.
     User(UserReply),
+    /// The command was executed but its changes could not be stored: nothing is acknowledged.
+    StorageFailed,
 }
 
 /// One shard's state, owned by its executor thread.
@@ -111,6 +118,8 @@ pub struct Shard {
     pub info: ShardInfo,
     /// The users whose slots this shard owns.
     home: RefCell<Home>,
+    /// Where the home's changes go; answers wait for it.
+    journal: Rc<Journal>,
     mesh: Mesh<Command, Reply>,
 }
 
@@ -120,13 +129,47 @@ impl Shard {
         self.info.shard
     }
 
-    /// Runs `command` on `target`: directly when it is this shard, else over the mesh.
+    /// Runs `command` on `target`: directly when it is this shard, else over the mesh. The reply
+    /// comes once every change it observed is durable (on either shard).
     pub async fn invoke_on(&self, target: usize, command: Command) -> Result<Reply, MeshError> {
         if target == self.id() {
-            Ok(self.execute(command))
+            let reply = self.execute(command);
+            let seq = self.journal.written();
+            if self.journal.durable_seq() >= seq {
+                return Ok(reply);
+            }
+            match self.journal.durable(seq).await {
+                Ok(()) => Ok(reply),
+                Err(_) => Err(MeshError::StorageFailed(target)),
+            }
         } else {
-            self.mesh.send_to(target, command).await
+            match self.mesh.send_to(target, command).await? {
+                Reply::StorageFailed => Err(MeshError::StorageFailed(target)),
+                reply => Ok(reply),
+            }
         }
+    }
+
+    /// Executes a command from another shard: the reply now when everything is durable, else
+    /// once it is.
+    fn serve_remote(&self, command: Command) -> Answer<Reply, impl Future<Output = Reply> + 'static> {
+        let reply = self.execute(command);
+        let seq = self.journal.written();
+        if self.journal.durable_seq() >= seq {
+            return Answer::Now(reply);
+        }
+        let durable = self.journal.durable(seq);
+        Answer::Later(async move {
+            match durable.await {
+                Ok(()) => reply,
+                Err(_) => Reply::StorageFailed,
+            }
+        })
+    }
+
+    /// The journal's counters: frames appended and batches written.
+    pub fn journal_stats(&self) -> crate::storage::journal::Stats {
+        self.journal.stats()
     }
 
     /// Runs a user-scoped command on the home shard of `slot`.
@@ -160,7 +203,14 @@ impl Shard {
     /// Executes a command on this shard.
     fn execute(&self, command: Command) -> Reply {
         match command {
-            Command::Snapshot => Reply::Snapshot(Box::new(self.metrics.snapshot(self.connections.open()))),
+            Command::Snapshot => {
+                let mut snapshot = self.metrics.snapshot(self.connections.open());
+                let log = self.journal.stats();
+                snapshot.log_frames = log.frames;
+                snapshot.log_batches = log.batches;
+                snapshot.log_bytes = log.bytes;
+                Reply::Snapshot(Box::new(snapshot))
+            }
             Command::Describe => Reply::Describe(self.info.clone()),
             Command::User(command) => Reply::User(self.home.borrow_mut().execute(command)),
         }
@@ -196,6 +246,9 @@ pub enum ShardError {
         /// The executor's error.
         message: String,
     },
+    /// The data directory cannot be used.
+    #[error("storage: {0}")]
+    Storage(String),
     /// A shard failed while starting or running.
     #[error("shard {shard} failed: {message}")]
     Failed {
@@ -260,6 +313,9 @@ pub struct Launch {
     /// Shared state; register signal handlers on its shutdown flag.
     pub cluster: Arc<Cluster>,
     config: Arc<Config>,
+    /// The data directory (the embedded log), open and locked.
+    layout: Option<Arc<Layout>>,
+    repair: bool,
 }
 
 impl Launch {
@@ -278,7 +334,27 @@ impl Launch {
             ready: AtomicUsize::new(0),
             shutdown: Arc::new(AtomicBool::new(false)),
         });
-        Ok(Launch { cluster, config })
+        Ok(Launch {
+            cluster,
+            config,
+            layout: None,
+            repair: false,
+        })
+    }
+
+    /// Opens the data directory of the embedded log (moving the data when the shard count
+    /// changed). `repair` truncates a damaged log instead of refusing to start.
+    pub fn open_storage(&mut self, repair: bool) -> Result<(), ShardError> {
+        self.repair = repair;
+        if self.config.storage.backend != StorageBackend::Wal {
+            return Ok(());
+        }
+        let dir = std::path::Path::new(&self.config.storage.data_dir);
+        let config = self.config.clone();
+        let layout = Layout::open(dir, self.cluster.shards, |old, new| reshard(&config, old, new))
+            .map_err(|error: LayoutError| ShardError::Storage(error.to_string()))?;
+        self.layout = Some(Arc::new(layout));
+        Ok(())
     }
 
     /// Starts every shard, runs `start` on each, and returns when all have returned. A shard
@@ -288,7 +364,12 @@ impl Launch {
         F: Fn(Rc<Shard>) -> Fut + Send + Clone + 'static,
         Fut: Future<Output = Result<(), String>> + 'static,
     {
-        let Launch { cluster, config } = self;
+        let Launch {
+            cluster,
+            config,
+            layout,
+            repair,
+        } = self;
         let shards = cluster.shards;
         let ends = mesh::build::<Command, Reply>(shards, config.mesh.queue_depth);
         let mut handles = Vec::with_capacity(shards);
@@ -297,6 +378,7 @@ impl Launch {
             let shard_cluster = cluster.clone();
             let config = config.clone();
             let start = start.clone();
+            let layout = layout.clone();
             let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{shard}"))
                 .io_memory(config.server.io_memory_bytes)
@@ -317,24 +399,61 @@ impl Launch {
                     last_slot,
                     port: config.server.shard_port_base + shard as u16,
                 };
+                let mut home = Home::new(shard, shards, &config.auth, &config.money);
+                let (journal, files) = match &layout {
+                    Some(layout) => {
+                        let dir = layout.shard_dir(shard);
+                        let started = std::time::Instant::now();
+                        let recovered = recovery::recover(&dir, repair, &mut home)
+                            .map_err(|error| format!("cannot recover shard {shard}: {error}"))?;
+                        tracing::info!(
+                            shard,
+                            dir = %dir.display(),
+                            snapshot_seq = recovered.snapshot_seq,
+                            frames = recovered.frames,
+                            last_seq = recovered.last_seq,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "recovered"
+                        );
+                        let mode = match config.storage.durability {
+                            Durability::Fsync => Mode::Fsync,
+                            Durability::None => Mode::NoSync,
+                        };
+                        (
+                            Journal::new(mode, recovered.last_seq),
+                            Some((dir, recovered.files)),
+                        )
+                    }
+                    None => (Journal::new(Mode::Memory, 0), None),
+                };
+                let mut home = home.with_log(Box::new(JournalLog(journal.clone())));
+                let released = home.release_interrupted();
+                if released > 0 {
+                    tracing::info!(
+                        shard,
+                        keys = released,
+                        "released the idempotency keys of interrupted requests"
+                    );
+                }
                 let this = Rc::new(Shard {
                     cluster: cluster.clone(),
                     metrics: metrics.clone(),
                     connections: connections.clone(),
                     info,
-                    home: RefCell::new(Home::new(shard, shards, &config.auth, &config.money)),
+                    home: RefCell::new(home),
+                    journal: journal.clone(),
                     mesh,
                 });
+                if let Some((dir, files)) = files {
+                    start_writer(&this, dir, files, &config);
+                }
                 for (peer, receiver) in receivers {
                     let served = this.clone();
                     spawn(mesh::serve_peer(
                         peer,
                         receiver,
                         metrics.clone(),
-                        move |command| {
-                            let reply = served.execute(command);
-                            async move { reply }
-                        },
+                        move |command| served.serve_remote(command),
                     ));
                 }
                 spawn(tick(cluster.clone(), connections));
@@ -373,6 +492,72 @@ impl Launch {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Starts the shard's log writer. A storage failure stops the process: nothing more can be
+/// acknowledged, and the next start recovers what the log holds.
+fn start_writer(shard: &Rc<Shard>, dir: std::path::PathBuf, files: Files, config: &Config) {
+    let source = {
+        let shard = Rc::downgrade(shard);
+        Box::new(move || match shard.upgrade() {
+            Some(shard) => {
+                let seq = shard.journal.written();
+                let started = std::time::Instant::now();
+                let body = shard.home.borrow().encode_state();
+                tracing::info!(
+                    shard = shard.id(),
+                    seq,
+                    bytes = body.len(),
+                    encode_ms = started.elapsed().as_millis() as u64,
+                    "taking a snapshot"
+                );
+                (seq, body)
+            }
+            None => (0, Vec::new()),
+        })
+    };
+    let writer = Writer::new(
+        disk::DmaDisk::new(dir.clone()),
+        shard.journal.clone(),
+        WriterConfig {
+            segment_bytes: config.storage.segment_bytes,
+            snapshot_bytes: config.storage.snapshot_bytes,
+        },
+        files,
+        source,
+    );
+    let id = shard.id();
+    spawn(async move {
+        let failed = writer.run().await;
+        tracing::error!(
+            shard = id,
+            dir = %dir.display(),
+            error = %failed,
+            "storage failed: nothing more is acknowledged; stopping (the next start recovers the log)"
+        );
+        eprintln!("shardpay: shard {id}: {failed} ({}); stopping", dir.display());
+        // Let the waiting requests get their 503 before the process goes.
+        sleep(Duration::from_millis(100)).await;
+        std::process::exit(1);
+    });
+}
+
+/// Moves the state of the shard directories `old` to `new` (another shard count): recovers each
+/// old shard, redistributes every slot's state, and writes each new shard's as a snapshot.
+fn reshard(config: &Config, old: &[std::path::PathBuf], new: &[std::path::PathBuf]) -> Result<(), String> {
+    let mut parts = Vec::with_capacity(old.len());
+    for (shard, dir) in old.iter().enumerate() {
+        let mut home = Home::new(shard, old.len(), &config.auth, &config.money);
+        recovery::recover(dir, false, &mut home)
+            .map_err(|error| format!("cannot recover old shard {shard}: {error}"))?;
+        parts.push(home);
+    }
+    for (dir, body) in new.iter().zip(Home::reshard(parts, new.len())) {
+        let file = crate::storage::snapshot::encode(0, &body);
+        crate::storage::disk::write_atomic_std(dir, &crate::storage::disk::snapshot_name(0), &file)
+            .map_err(|error| format!("{}: {error}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Per-shard housekeeping: the cached `Date`, connection deadlines, and starting the drain once

@@ -1,17 +1,28 @@
 //! Storage: where a shard's decided events go before they are applied — the one door every state
 //! change passes (`decide → append → apply → respond`).
 //!
-//! [`Log::append`] returns once the records are as durable as the configured storage makes them;
-//! only then are they applied and answered. A storage failure is fatal — the implementation stops
-//! the process rather than let anything be acknowledged that was not stored — so callers never
-//! handle one. This version ships the in-memory log: state lives only in the shards' memory and a
-//! restart forgets it; the durable write-ahead log plugs in behind the same trait. Storage knows
-//! nothing about HTTP or shards.
+//! [`Log::append`] hands records to the shard's [`journal::Journal`] and returns; the shard applies
+//! them at once, but answers only after [`journal::Journal::durable`] says the records it observed
+//! are on disk (group commit: [`writer`]). The embedded backend is a per-shard write-ahead log of
+//! [`frame`]s in segment files under `data_dir/gen-G/shard-NNN/` ([`layout`]), with [`snapshot`]s,
+//! rebuilt at start-up by [`recovery`]. Storage knows nothing about HTTP, shards or the state it
+//! stores: records and snapshot bodies are opaque to it. A storage failure is final: nothing more
+//! is acknowledged and the process stops.
+pub mod disk;
+pub mod frame;
+pub mod journal;
+pub mod layout;
+pub mod recovery;
+pub mod snapshot;
+pub mod writer;
+
+#[cfg(test)]
+mod sim_tests;
 
 use serde::{Deserialize, Serialize};
 
 use crate::auth::state::Event as AuthEvent;
-use crate::payments::idempotency::Change as IdempotencyChange;
+use crate::payments::idempotency::{Change as IdempotencyChange, Scope};
 use crate::payments::ledger::Event as LedgerEvent;
 
 /// One logged fact: an event of one of the shard's state machines.
@@ -23,11 +34,24 @@ pub enum Record {
     Ledger(LedgerEvent),
     /// Idempotency keys and their stored answers.
     Idempotency(IdempotencyChange),
+    /// The answer of a cross-shard payment or refund, kept until the other shard acknowledges
+    /// the credit (then it becomes the key's stored answer).
+    Pending {
+        /// The transfer's id.
+        transfer: String,
+        /// Whose idempotency key.
+        scope: Scope,
+        /// The key.
+        key: String,
+        /// The 201 body.
+        answer: Vec<u8>,
+    },
 }
 
 /// A shard's log.
 pub trait Log {
-    /// Stores `records` (in order) before they are applied. Never returns on a storage failure.
+    /// Hands `records` (in order, as one atomic frame) to storage before they are applied. The
+    /// caller's answers wait for the journal's durability; a storage failure shows there.
     fn append(&mut self, records: &[Record]);
 }
 

@@ -67,14 +67,28 @@ pub struct Server {
     pub shard_port_base: u16,
     pub shards: usize,
     stderr_path: std::path::PathBuf,
+    /// The data directory, removed on drop when the harness made it.
+    pub data_dir: std::path::PathBuf,
+    owns_data_dir: bool,
 }
 
 /// Environment every test server gets: small io_uring memory so many servers fit under the
 /// locked-memory cap, and quiet logs.
 const BASE_ENV: &[(&str, &str)] = &[
     ("SHARDPAY_SERVER_IO_MEMORY_BYTES", "262144"),
+    ("SHARDPAY_STORAGE_SEGMENT_BYTES", "1048576"),
     ("RUST_LOG", "warn"),
 ];
+
+/// A new empty directory under the system's temporary directory.
+pub fn temp_dir(purpose: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("shardpay-{purpose}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
 
 impl Server {
     /// Starts `shards` shards with extra `SHARDPAY_…` settings and waits until `/readyz` is 200.
@@ -89,6 +103,13 @@ impl Server {
         let stderr_path =
             std::env::temp_dir().join(format!("shardpay-test-{}-{port}.log", std::process::id()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
+        // Each server its own data directory, unless the test names one (restarts).
+        let given = env
+            .iter()
+            .find(|(name, _)| *name == "SHARDPAY_STORAGE_DATA_DIR")
+            .map(|(_, dir)| std::path::PathBuf::from(dir));
+        let owns_data_dir = given.is_none();
+        let data_dir = given.unwrap_or_else(|| temp_dir("data"));
         let mut command = Command::new(binary());
         command
             .arg("serve")
@@ -99,6 +120,7 @@ impl Server {
             .arg("--shards")
             .arg(shards.to_string())
             .envs(BASE_ENV.iter().copied())
+            .env("SHARDPAY_STORAGE_DATA_DIR", &data_dir)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -111,6 +133,8 @@ impl Server {
             shard_port_base,
             shards,
             stderr_path,
+            data_dir,
+            owns_data_dir,
         };
         server.wait_ready();
         server
@@ -185,6 +209,9 @@ impl Drop for Server {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(&self.stderr_path);
+        if self.owns_data_dir {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 

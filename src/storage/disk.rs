@@ -1,0 +1,99 @@
+//! The file interface the log is written through: the real one is glommio's DMA files
+//! (`shard::disk`), the test one a simulated disk that loses, reorders and tears unsynced writes.
+//! Everything the writer does to a shard's directory goes through [`Disk`].
+
+#![allow(async_fn_in_trait)] // Shard-local: the futures never cross threads.
+
+use std::io;
+
+/// Writes go to disk in whole blocks at block-aligned offsets (O_DIRECT).
+pub const BLOCK: usize = 4096;
+
+/// One shard's directory.
+pub trait Disk {
+    /// An open segment file.
+    type File: SegmentFile;
+
+    /// Creates segment file `name` with `size` bytes preallocated (reading as zeroes), and makes
+    /// the file and its directory entry durable before returning.
+    async fn create(&self, name: &str, size: u64) -> io::Result<Self::File>;
+
+    /// Stores `bytes` as file `name`, atomically and durably: a temporary file, `fsync`, rename,
+    /// `fsync` of the directory. After a crash the file is either absent or complete.
+    async fn write_atomic(&self, name: &str, bytes: Vec<u8>) -> io::Result<()>;
+
+    /// Removes file `name` (a missing file is not an error).
+    async fn remove(&self, name: &str) -> io::Result<()>;
+}
+
+/// A segment file open for writing.
+pub trait SegmentFile {
+    /// Writes `bytes` at `offset`; both are multiples of [`BLOCK`].
+    async fn write_at(&self, bytes: &[u8], offset: u64) -> io::Result<()>;
+
+    /// `fdatasync`: every completed write is durable when this returns.
+    async fn sync(&self) -> io::Result<()>;
+}
+
+/// Name of the segment whose first frame is `first_seq`.
+pub fn segment_name(first_seq: u64) -> String {
+    format!("wal-{first_seq:020}.log")
+}
+
+/// The first sequence number in a segment's name.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("wal-")?.strip_suffix(".log")?;
+    if digits.len() != 20 {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Name of the snapshot that covers frames up to `seq`.
+pub fn snapshot_name(seq: u64) -> String {
+    format!("snapshot-{seq:020}.snap")
+}
+
+/// The sequence number in a snapshot's name.
+pub fn parse_snapshot_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("snapshot-")?.strip_suffix(".snap")?;
+    if digits.len() != 20 {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Suffix of files being written by [`Disk::write_atomic`]; left-overs are removed at start-up.
+pub const TEMPORARY_SUFFIX: &str = ".tmp";
+
+/// `write_atomic` with the standard library, for the real disk (run on a blocking thread) and
+/// for resharding (before the shards start).
+pub fn write_atomic_std(dir: &std::path::Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let temporary = dir.join(format!("{name}{TEMPORARY_SUFFIX}"));
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, dir.join(name))?;
+    sync_dir(dir)
+}
+
+/// `fsync` of a directory, so that created, renamed and removed entries are durable.
+pub fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_sort_by_sequence() {
+        assert_eq!(parse_segment_name(&segment_name(17)), Some(17));
+        assert_eq!(parse_snapshot_name(&snapshot_name(u64::MAX)), Some(u64::MAX));
+        assert!(segment_name(9) < segment_name(10));
+        assert_eq!(parse_segment_name("wal-1.log"), None);
+        assert_eq!(parse_segment_name(&format!("{}.tmp", segment_name(3))), None);
+    }
+}
