@@ -1162,3 +1162,151 @@ fn a_second_server_on_the_same_data_dir_is_refused() {
     assert_eq!(holdings(&mut checker, &alice), amounts(&[("USD", 105)]));
     assert!(!log_in(again.port, "alice").is_empty());
 }
+
+/// A tmpfs mounted for one test (a small, fillable or read-only file system); unmounted when
+/// dropped. `None` when this process may not mount (not root, no CAP_SYS_ADMIN).
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(purpose: &str, options: &str) -> Option<Mount> {
+        let dir = common::temp_dir(purpose);
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(&dir)
+            .stderr(Stdio::null())
+            .status();
+        match status {
+            Ok(status) if status.success() => Some(Mount(dir)),
+            _ => {
+                eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); the fault test needs one");
+                let _ = std::fs::remove_dir_all(&dir);
+                None
+            }
+        }
+    }
+
+    fn remount(&self, options: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {options}");
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_server_without_losing_an_acknowledged_payment() {
+    let Some(disk) = Mount::tmpfs("full", "size=3m") else {
+        return;
+    };
+    let data = disk.path("data");
+    let env = [
+        ("SHARDPAY_STORAGE_DATA_DIR", data.as_str()),
+        ("SHARDPAY_STORAGE_SEGMENT_BYTES", "1048576"),
+    ];
+    let mut all_env: Vec<(&str, &str)> = ENV.to_vec();
+    all_env.extend_from_slice(&env);
+    let mut server = Server::start(1, &all_env);
+    let alice = sign_up(server.port, "alice");
+    let bob = sign_up(server.port, "bob");
+    deposit(server.port, "fund-alice", &alice, 1_000_000_000, "USD");
+    // Pay until the disk is full: the server must stop acknowledging, and exit.
+    let mut acknowledged = Vec::new();
+    let mut refusals = 0;
+    let mut connection = Connection::open(server.port).unwrap();
+    let body = json!({"to": bob.name, "amount": 1, "currency": "USD"}).to_string();
+    for n in 0..100_000 {
+        let key = format!("Idempotency-Key: fill-{n}");
+        match connection.request("POST", "/v1/payments", &[&alice.auth(), &key], &body) {
+            Ok(response) if response.status == 201 => {
+                acknowledged.push(response.json()["id"].as_str().unwrap().to_string())
+            }
+            Ok(response) => {
+                assert_eq!(response.status, 503, "{}", response.text());
+                refusals += 1;
+                match Connection::open(server.port) {
+                    Ok(fresh) => connection = fresh,
+                    Err(_) => break,
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let status = server
+        .wait_exit(EXIT_LIMIT)
+        .expect("the server stops when its disk is full");
+    assert!(!status.success());
+    let stderr = server.stderr();
+    assert!(
+        stderr.contains("No space left on device") && stderr.contains("stopping"),
+        "{}",
+        tail(&stderr, 2000)
+    );
+    assert!(acknowledged.len() > 100, "only {} payments before the disk filled", acknowledged.len());
+    drop(server);
+    // More room, restart: everything acknowledged is there, and the books balance.
+    disk.remount("size=64m");
+    let server = Server::start(1, &all_env);
+    let mut checker = Checker::new(server.port);
+    let alice = User {
+        token: log_in(server.port, "alice"),
+        ..alice
+    };
+    let bob = User {
+        token: log_in(server.port, "bob"),
+        ..bob
+    };
+    for id in &acknowledged {
+        let found = checker.get(&format!("/v1/payments/{id}"), &alice);
+        assert_eq!(found.status, 200, "acknowledged {id} lost: {}", found.text());
+    }
+    let paid_out = 1_000_000_000 - holdings(&mut checker, &alice)["USD"];
+    let received = holdings(&mut checker, &bob)["USD"];
+    assert_eq!(paid_out, received);
+    assert!(
+        received >= acknowledged.len() as u64,
+        "{received} received, {} acknowledged",
+        acknowledged.len()
+    );
+    // At most the requests cut off by the failure were applied without an answer.
+    assert!(
+        received <= acknowledged.len() as u64 + refusals + 1,
+        "{received} received, {} acknowledged, {refusals} refused",
+        acknowledged.len()
+    );
+}
+
+#[test]
+fn a_read_only_data_dir_is_refused_at_start_with_a_clear_error() {
+    let Some(disk) = Mount::tmpfs("readonly", "size=1m,ro") else {
+        return;
+    };
+    let data = disk.path("data");
+    let port = common::free_port();
+    let output = Command::new(common::binary())
+        .args(["serve", "--shards", "1", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--shard-port-base", &common::free_port_range(1).to_string()])
+        .env("SHARDPAY_STORAGE_DATA_DIR", &data)
+        .env("SHARDPAY_SERVER_IO_MEMORY_BYTES", "262144")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("Read-only file system") && stderr.contains(&data),
+        "{stderr}"
+    );
+}
