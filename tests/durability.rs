@@ -1254,7 +1254,11 @@ fn a_full_disk_stops_the_server_without_losing_an_acknowledged_payment() {
         "{}",
         tail(&stderr, 2000)
     );
-    assert!(acknowledged.len() > 100, "only {} payments before the disk filled", acknowledged.len());
+    assert!(
+        acknowledged.len() > 100,
+        "only {} payments before the disk filled",
+        acknowledged.len()
+    );
     drop(server);
     // More room, restart: everything acknowledged is there, and the books balance.
     disk.remount("size=64m");

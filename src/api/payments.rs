@@ -474,8 +474,9 @@ async fn deliver(
         }
         Err(_) => return Ok(Outcome::Pending),
     }
+    // The debit and the credit are durable: the settle is bookkeeping, redone after a crash.
     match shard
-        .invoke_on_home(sender, UserCommand::Settle { transfer: id })
+        .invoke_on_home_unsynced(sender, UserCommand::Settle { transfer: id })
         .await
     {
         Ok(UserReply::Done) => Ok(Outcome::Done(answer)),

@@ -35,9 +35,11 @@ impl Disk for DmaDisk {
 
     async fn create(&self, name: &str, size: u64) -> io::Result<DmaSegment> {
         let path = self.dir.join(name);
-        // Read and write: glommio probes io_uring polling support with a read at open.
+        // Write-only on purpose: glommio's probe for io_uring polling reads the file, fails, and
+        // leaves the file on the interrupt-driven ring. On the busy-polled ring a shard spins
+        // through every write and fdatasync (179 instead of 27 CPU-µs per payment, 5.5k instead
+        // of 32.5k payments/s here). `logging` silences the probe's one log line.
         let file = OpenOptions::new()
-            .read(true)
             .write(true)
             .create(true)
             .truncate(true)

@@ -418,10 +418,12 @@ async fn run_seed(seed: u64) -> Result<(), String> {
                                 Some(UserReply::Done) => {}
                                 _ => return,
                             }
-                            match payer.invoke(UserCommand::Settle { transfer: id }).await {
-                                Some(UserReply::Done) => {}
-                                _ => return,
-                            }
+                            // As the server: the answer does not wait for the settle's write.
+                            let settled = payer
+                                .home
+                                .borrow_mut()
+                                .execute(UserCommand::Settle { transfer: id });
+                            assert!(matches!(settled, UserReply::Done), "{settled:?}");
                         }
                         Some(UserReply::Refused(_)) => continue,
                         _ => return,
