@@ -324,7 +324,7 @@ pub fn render(snapshots: &[Snapshot]) -> String {
         (
             "shardpay_log_batches_total",
             "counter",
-            "Group-commit batches written to the log: one write and one fdatasync each (frames / batches = records per fsync).",
+            "Group-commit batches written to the log, each made durable at once (frames / batches = records per sync).",
             |s| s.log_batches,
         ),
         (

@@ -554,6 +554,8 @@ struct CycleReport {
     /// Reads of every balance until they summed to the deposits (1: settled at once).
     settle_reads: usize,
     settle: Duration,
+    /// 409s while a lost settle was redone, before a retry replayed.
+    in_use_retries: usize,
 }
 
 /// Polls every user's USD balance until they sum to `total` (credits in flight settle), at most
@@ -614,10 +616,20 @@ fn check_restarted(
     (_, report.settle_reads) = settle_sum(&mut checker, &users, ledger.total(), &mut failures);
     report.settle = started.elapsed();
 
-    // A retry with an acknowledged key replays the payment, byte for byte.
+    // A retry with an acknowledged key replays the payment, byte for byte. A cross-shard payment's
+    // 201 does not wait for its settle to be written: if the kill lost the settle, the key stays
+    // in use (409, "retry shortly") until the restarted server resends the credit and settles it.
     for id in acknowledged {
         let paid = &ledger.paid[id];
-        let again = pay(&mut checker, &users[paid.payer], &paid.key, &paid.body);
+        let deadline = Instant::now() + SETTLE_LIMIT;
+        let again = loop {
+            let again = pay(&mut checker, &users[paid.payer], &paid.key, &paid.body);
+            if again.status != 409 || Instant::now() >= deadline {
+                break again;
+            }
+            report.in_use_retries += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        };
         if again.status != 201
             || again.body != paid.answer
             || again.header("idempotent-replayed") != Some("true")

@@ -12,12 +12,18 @@ use crate::storage::disk::{sync_dir, write_atomic_std, Disk, SegmentFile, BLOCK}
 /// One shard's directory on the real disk.
 pub struct DmaDisk {
     dir: PathBuf,
+    durable_writes: bool,
 }
 
 impl DmaDisk {
-    /// The shard directory `dir` (which exists).
-    pub fn new(dir: PathBuf) -> DmaDisk {
-        DmaDisk { dir }
+    /// The shard directory `dir` (which exists). With `durable_writes`, segments are opened
+    /// `O_DSYNC`: each write returns once it is as durable as after an `fdatasync` (the kernel
+    /// flushes as part of the write, with FUA where the device has it), so a batch costs one
+    /// io_uring operation instead of a write plus an `fdatasync` that io_uring hands to a worker
+    /// thread. Measured on payments, 1 shard: 36 → 28 server CPU-µs per request at peak, and
+    /// 80 → 51 at half of it, where batches are small.
+    pub fn new(dir: PathBuf, durable_writes: bool) -> DmaDisk {
+        DmaDisk { dir, durable_writes }
     }
 }
 
@@ -28,6 +34,8 @@ fn other(error: glommio::GlommioError<()>) -> io::Error {
 /// A segment open for O_DIRECT writes.
 pub struct DmaSegment {
     file: DmaFile,
+    /// Opened `O_DSYNC`: a completed write is already durable.
+    durable_writes: bool,
 }
 
 impl Disk for DmaDisk {
@@ -43,6 +51,7 @@ impl Disk for DmaDisk {
             .write(true)
             .create(true)
             .truncate(true)
+            .custom_flags(if self.durable_writes { libc::O_DSYNC } else { 0 })
             .dma_open(&path)
             .await
             .map_err(other)?;
@@ -52,7 +61,10 @@ impl Disk for DmaDisk {
         let dir = Directory::open(&self.dir).await.map_err(other)?;
         dir.sync().await.map_err(other)?;
         let _ = dir.close().await;
-        Ok(DmaSegment { file })
+        Ok(DmaSegment {
+            file,
+            durable_writes: self.durable_writes,
+        })
     }
 
     async fn write_atomic(&self, name: &str, bytes: Vec<u8>) -> io::Result<()> {
@@ -99,6 +111,10 @@ impl SegmentFile for DmaSegment {
     }
 
     async fn sync(&self) -> io::Result<()> {
+        if self.durable_writes {
+            // Every completed write of an O_DSYNC file is durable.
+            return Ok(());
+        }
         self.file.fdatasync().await.map_err(other)
     }
 }

@@ -547,7 +547,7 @@ fn start_writer(shard: &Rc<Shard>, dir: std::path::PathBuf, files: Files, config
         })
     };
     let writer = Writer::new(
-        disk::DmaDisk::new(dir.clone()),
+        disk::DmaDisk::new(dir.clone(), config.storage.durability == Durability::Fsync),
         shard.journal.clone(),
         WriterConfig {
             segment_bytes: config.storage.segment_bytes,
@@ -611,8 +611,14 @@ const RESEND_INTERVAL: Duration = Duration::from_secs(1);
 /// id), so resending one that already arrived is harmless; the acknowledgement settles it here,
 /// which also stores the waiting idempotent answer.
 async fn resend_outbox(shard: Rc<Shard>) {
+    // The first pass runs at once: after a restart the outbox holds the credits in flight at the
+    // stop, and their payers' idempotency keys answer 409 until they settle.
+    let mut first = true;
     loop {
-        sleep(RESEND_INTERVAL).await;
+        if !first {
+            sleep(RESEND_INTERVAL).await;
+        }
+        first = false;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));

@@ -31,7 +31,8 @@ pub trait SegmentFile {
     /// Writes `bytes` at `offset`; both are multiples of [`BLOCK`].
     async fn write_at(&self, bytes: &[u8], offset: u64) -> io::Result<()>;
 
-    /// `fdatasync`: every completed write is durable when this returns.
+    /// Every completed write is durable when this returns (`fdatasync`; nothing to do for a file
+    /// whose writes are durable on completion, opened `O_DSYNC`).
     async fn sync(&self) -> io::Result<()>;
 }
 

@@ -2,8 +2,8 @@
 //!
 //! [`Journal::append`] encodes records into the open batch and returns at once; the shard then
 //! applies them. The writer ([`super::writer`]) takes the open batch whenever its previous write
-//! has finished, writes it with one write and one `fdatasync`, and marks it durable; every append
-//! made meanwhile joins the next batch. A response must not leave before what it observed is
+//! has finished, writes it durably (one O_DSYNC write, or a write and an `fdatasync`), and marks
+//! it durable; every append made meanwhile joins the next batch. A response must not leave before what it observed is
 //! durable: the shard awaits [`Journal::durable`] of [`Journal::written`] before answering.
 //! Shard-local (`Rc`, no locks).
 
@@ -18,9 +18,9 @@ use super::{frame, Log, Record};
 /// When an append counts as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// After its batch's `fdatasync` returned.
+    /// After its batch's write is durable.
     Fsync,
-    /// At once; the writer still writes, without `fdatasync` (benchmarks: a crash loses data).
+    /// At once; the writer still writes, without syncing (benchmarks: a crash loses data).
     NoSync,
     /// At once, and nothing is written (the in-memory backend).
     Memory,

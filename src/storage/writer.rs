@@ -1,16 +1,17 @@
 //! The writer: one task per shard that turns the journal's batches into segment writes.
 //!
 //! Loop: take the open batch, write it after the segment's last frame (rewriting the last partial
-//! block, since O_DIRECT writes whole blocks), `fdatasync`, mark the batch durable. Appends made
-//! meanwhile form the next batch, so one `fdatasync` acknowledges every request that arrived
-//! during the previous one. A segment is closed when the next batch would pass
+//! block, since O_DIRECT writes whole blocks), make it durable ([`SegmentFile::sync`]: an
+//! `fdatasync`, or nothing for a file whose writes are already durable), mark the batch durable.
+//! Appends made meanwhile form the next batch, so one sync acknowledges every request that
+//! arrived during the previous one. A segment is closed when the next batch would pass
 //! `segment_bytes`; the next one is named after its first frame.
 //!
 //! Snapshots: once `snapshot_bytes` were logged since the last one, the writer closes the segment
 //! and asks the shard for its state; the snapshot is written (atomically) while batches go on,
 //! and when it is durable the segments it covers are removed. A write or sync error is final:
 //! the journal fails, nothing more is acknowledged, and [`Writer::run`] returns the error for the
-//! shard to stop the process (recovery starts from what is on disk; a failed `fdatasync` is never
+//! shard to stop the process (recovery starts from what is on disk; a failed sync is never
 //! retried, since the kernel may have dropped the dirty pages).
 
 use std::future::Future;
