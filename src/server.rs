@@ -34,6 +34,13 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), ShardError> {
         ),
         _ => {}
     }
+    // Recovery (and a resharding) can take a while: meanwhile the public address answers that
+    // the server is starting, instead of refusing connections.
+    let starting = answer_while_starting(
+        config.listen_addr(),
+        config.server.backlog,
+        launch.cluster.clone(),
+    );
     launch.open_storage(options.repair)?;
     // The first SIGINT or SIGTERM starts the drain; a second one while draining exits at once
     // with status 1 (handlers run in registration order, so the check sees the earlier signal).
@@ -57,9 +64,70 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), ShardError> {
         data_dir = %config.storage.data_dir,
         "starting"
     );
-    launch.run(ROUTE_NAMES, move |shard| run_shard(shard, config.clone()))?;
+    let outcome = launch.run(ROUTE_NAMES, move |shard| run_shard(shard, config.clone()));
+    if let Some(starting) = starting {
+        let _ = starting.join();
+    }
+    outcome?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Until every shard is ready, a plain thread also listens on the public address (with
+/// `SO_REUSEPORT`, beside the shards that are already up) and answers each request on its own
+/// connection: `/healthz` 200 `ok` (the process is alive), anything else 503 `starting` with
+/// `Retry-After: 1`. Without it, nothing would listen while the shards recover their state.
+/// `None` when the address cannot be bound (the shards then report why).
+fn answer_while_starting(
+    address: SocketAddr,
+    backlog: u32,
+    cluster: Arc<shard::Cluster>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let listener = net::bind_std(address, backlog).ok()?;
+    std::thread::Builder::new()
+        .name("starting".into())
+        .spawn(move || {
+            while !cluster.all_ready() && !cluster.shutdown_requested() {
+                match listener.accept() {
+                    Ok((stream, _)) => answer_starting(stream),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        })
+        .ok()
+}
+
+/// Reads one request head (at most 8 KiB, within a second) and answers it, closing.
+fn answer_starting(mut stream: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let mut head = [0u8; 8192];
+    let mut filled = 0;
+    while filled < head.len() && !head[..filled].windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut head[filled..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => filled += n,
+        }
+    }
+    let path = head[..filled].split(|&b| b == b' ').nth(1).unwrap_or_default();
+    let response = if path == b"/healthz" {
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            .to_string()
+    } else {
+        let mut body = Vec::new();
+        let error =
+            crate::api::error::ApiError::unavailable("starting", "The server is recovering its state.");
+        crate::api::error::encode_body(&error, "req_starting", &mut body);
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             retry-after: 1\r\nconnection: close\r\n\r\n{}",
+            body.len(),
+            String::from_utf8_lossy(&body)
+        )
+    };
+    let _ = stream.write_all(response.as_bytes());
 }
 
 /// One shard's life: listen, serve, drain.
@@ -110,4 +178,47 @@ async fn run_shard(shard: Rc<Shard>, config: Arc<Config>) -> Result<(), String> 
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    fn ask(address: SocketAddr, path: &str) -> String {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    #[test]
+    fn while_the_shards_recover_the_public_address_answers_starting() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut config = Config::default();
+        config.server.listen = format!("127.0.0.1:{port}");
+        let launch = Launch::new(Arc::new(config.clone())).unwrap();
+        let responder = answer_while_starting(config.listen_addr(), 16, launch.cluster.clone()).unwrap();
+        let ready = ask(config.listen_addr(), "/readyz");
+        assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+        assert!(
+            ready.contains("retry-after: 1") && ready.contains("\"code\":\"starting\""),
+            "{ready}"
+        );
+        assert!(ask(config.listen_addr(), "/v1/balances").starts_with("HTTP/1.1 503"));
+        let health = ask(config.listen_addr(), "/healthz");
+        assert!(
+            health.starts_with("HTTP/1.1 200") && health.ends_with("ok"),
+            "{health}"
+        );
+        // It stops with the start-up (here: a shutdown request), and lets the address go.
+        launch.cluster.request_shutdown();
+        responder.join().unwrap();
+    }
 }

@@ -55,6 +55,23 @@ impl Listener {
     }
 }
 
+/// A non-blocking standard-library listener on `address` with `SO_REUSEPORT` (for the start-up
+/// responder, which runs before the shards and beside them).
+pub fn bind_std(address: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let domain = if address.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
 /// An accepted TCP connection, registered with its shard.
 pub struct Stream {
     inner: glommio::net::TcpStream,

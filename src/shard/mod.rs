@@ -61,6 +61,11 @@ impl Cluster {
         self.shutdown.clone()
     }
 
+    /// Whether shutdown was requested.
+    pub fn shutdown_requested(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
     /// Whether every shard has started and is accepting.
     pub fn all_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed) == self.shards
