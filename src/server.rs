@@ -73,28 +73,41 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), ShardError> {
     Ok(())
 }
 
-/// Until every shard is ready, a plain thread also listens on the public address (with
-/// `SO_REUSEPORT`, beside the shards that are already up) and answers each request on its own
-/// connection: `/healthz` 200 `ok` (the process is alive), anything else 503 `starting` with
-/// `Retry-After: 1`. Without it, nothing would listen while the shards recover their state.
-/// `None` when the address cannot be bound (the shards then report why).
+/// Until the first shard is about to listen, a plain thread listens on the public address and
+/// answers each request on its own connection: `/healthz` 200 `ok` (the process is alive),
+/// anything else 503 `starting` with `Retry-After: 1`. Without it, nothing would listen while the
+/// shards recover their state (the shards that are up then answer `/readyz` 503 themselves until
+/// every shard is). Before closing it answers what is queued. `None` when the address cannot be
+/// bound (the shards then report why).
 fn answer_while_starting(
     address: SocketAddr,
     backlog: u32,
     cluster: Arc<shard::Cluster>,
 ) -> Option<std::thread::JoinHandle<()>> {
     let listener = net::bind_std(address, backlog).ok()?;
-    std::thread::Builder::new()
-        .name("starting".into())
-        .spawn(move || {
-            while !cluster.all_ready() && !cluster.shutdown_requested() {
+    cluster.open_starting();
+    let spawned = std::thread::Builder::new().name("starting".into()).spawn({
+        let cluster = cluster.clone();
+        move || {
+            loop {
+                let stopping = cluster.starting_stop_requested() || cluster.shutdown_requested();
                 match listener.accept() {
                     Ok((stream, _)) => answer_starting(stream),
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    Err(_) if stopping => break,
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
                 }
             }
-        })
-        .ok()
+            drop(listener);
+            cluster.mark_starting_closed();
+        }
+    });
+    match spawned {
+        Ok(handle) => Some(handle),
+        Err(_) => {
+            cluster.mark_starting_closed();
+            None
+        }
+    }
 }
 
 /// Reads one request head (at most 8 KiB, within a second) and answers it, closing.
@@ -133,6 +146,12 @@ fn answer_starting(mut stream: std::net::TcpStream) {
 /// One shard's life: listen, serve, drain.
 async fn run_shard(shard: Rc<Shard>, config: Arc<Config>) -> Result<(), String> {
     let public = config.listen_addr();
+    // The start-up responder closes before any shard listens on the public address, so that no
+    // connection is queued on a listener that is about to close (it would be reset).
+    shard.cluster.stop_starting();
+    while !shard.cluster.starting_closed() {
+        shard::sleep(Duration::from_millis(1)).await;
+    }
     let own = SocketAddr::new(public.ip(), shard.info.port);
     let backlog = config.server.backlog;
     let public_listener = Listener::bind(public, backlog, true)
@@ -217,8 +236,10 @@ mod tests {
             health.starts_with("HTTP/1.1 200") && health.ends_with("ok"),
             "{health}"
         );
-        // It stops with the start-up (here: a shutdown request), and lets the address go.
-        launch.cluster.request_shutdown();
+        // It closes when a shard is about to listen, and says so.
+        assert!(!launch.cluster.starting_closed());
+        launch.cluster.stop_starting();
         responder.join().unwrap();
+        assert!(launch.cluster.starting_closed());
     }
 }

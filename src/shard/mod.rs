@@ -48,6 +48,10 @@ pub struct Cluster {
     pub cpus: Vec<usize>,
     ready: AtomicUsize,
     shutdown: Arc<AtomicBool>,
+    /// The start-up responder (see `server`) must stop: a shard is about to listen.
+    starting_stop: AtomicBool,
+    /// The start-up responder has closed its listener (or never had one).
+    starting_closed: AtomicBool,
 }
 
 impl Cluster {
@@ -59,6 +63,31 @@ impl Cluster {
     /// The flag signal handlers set.
     pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
         self.shutdown.clone()
+    }
+
+    /// Asks the start-up responder to close its listener (a shard is about to bind the address).
+    pub fn stop_starting(&self) {
+        self.starting_stop.store(true, Ordering::Release);
+    }
+
+    /// Whether the start-up responder was asked to close.
+    pub fn starting_stop_requested(&self) -> bool {
+        self.starting_stop.load(Ordering::Acquire)
+    }
+
+    /// A start-up responder is listening (until [`Cluster::mark_starting_closed`]).
+    pub fn open_starting(&self) {
+        self.starting_closed.store(false, Ordering::Release);
+    }
+
+    /// The start-up responder has closed its listener, or there is none.
+    pub fn mark_starting_closed(&self) {
+        self.starting_closed.store(true, Ordering::Release);
+    }
+
+    /// Whether the start-up responder is gone.
+    pub fn starting_closed(&self) -> bool {
+        self.starting_closed.load(Ordering::Acquire)
     }
 
     /// Whether shutdown was requested.
@@ -368,6 +397,8 @@ impl Launch {
             cpus,
             ready: AtomicUsize::new(0),
             shutdown: Arc::new(AtomicBool::new(false)),
+            starting_stop: AtomicBool::new(false),
+            starting_closed: AtomicBool::new(true),
         });
         Ok(Launch {
             cluster,
