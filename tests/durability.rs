@@ -1326,3 +1326,34 @@ fn a_read_only_data_dir_is_refused_at_start_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_relative_data_dir_works_from_any_working_directory() {
+    // The default configuration's data_dir is "data", relative to where the server starts.
+    let cwd = common::temp_dir("relative");
+    let port = common::free_port();
+    let shard_port = common::free_port_range(1);
+    let mut child = Command::new(common::binary())
+        .args(["serve", "--shards", "1", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--shard-port-base", &shard_port.to_string()])
+        .current_dir(&cwd)
+        .env("SHARDPAY_SERVER_IO_MEMORY_BYTES", "262144")
+        .env("SHARDPAY_STORAGE_SEGMENT_BYTES", "1048576")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::try_get(port, "/readyz").map(|r| r.status).ok() != Some(200) {
+        assert!(Instant::now() < deadline, "not ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A change is written (the log's segment is opened through the relative path).
+    let signup = post(port, "/v1/users", &[], &credentials("relative"));
+    assert_eq!(signup.status, 201, "{}", signup.text());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(cwd.join("data/MANIFEST").exists());
+    let _ = std::fs::remove_dir_all(&cwd);
+}

@@ -433,12 +433,14 @@ fn bad_configuration_is_one_line_naming_the_key_and_exit_2() {
 #[test]
 fn a_port_in_use_fails_start_up_clearly() {
     let first = Server::start(1, &[]);
+    let data = common::temp_dir("port-in-use");
     let output = Command::new(binary())
         .args(["serve", "--shards", "1", "--listen"])
         .arg(format!("127.0.0.1:{}", common::free_port()))
         .arg("--shard-port-base")
         .arg(first.shard_port(0).to_string())
         .env("SHARDPAY_SERVER_IO_MEMORY_BYTES", "262144")
+        .env("SHARDPAY_STORAGE_DATA_DIR", &data)
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
@@ -447,6 +449,7 @@ fn a_port_in_use_fails_start_up_clearly() {
         stderr.contains(&format!("cannot listen on 127.0.0.1:{}", first.shard_port(0))),
         "{stderr}"
     );
+    let _ = std::fs::remove_dir_all(&data);
 }
 
 #[test]

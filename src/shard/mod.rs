@@ -415,9 +415,12 @@ impl Launch {
         if self.config.storage.backend != StorageBackend::Wal {
             return Ok(());
         }
-        let dir = std::path::Path::new(&self.config.storage.data_dir);
+        // Absolute, so that every later open (glommio's included, which does not resolve a
+        // relative path) is independent of the working directory.
+        let dir = std::path::absolute(&self.config.storage.data_dir)
+            .map_err(|error| ShardError::Storage(format!("{}: {error}", self.config.storage.data_dir)))?;
         let config = self.config.clone();
-        let layout = Layout::open(dir, self.cluster.shards, |old, new| reshard(&config, old, new))
+        let layout = Layout::open(&dir, self.cluster.shards, |old, new| reshard(&config, old, new))
             .map_err(|error: LayoutError| ShardError::Storage(error.to_string()))?;
         self.layout = Some(Arc::new(layout));
         Ok(())
