@@ -31,19 +31,7 @@ impl Listener {
     /// Binds `address`; `reuse_port` lets every shard bind the same public address and the kernel
     /// spread connections among them.
     pub fn bind(address: SocketAddr, backlog: u32, reuse_port: bool) -> io::Result<Listener> {
-        let domain = if address.is_ipv6() {
-            Domain::IPV6
-        } else {
-            Domain::IPV4
-        };
-        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        if reuse_port {
-            socket.set_reuse_port(true)?;
-        }
-        socket.set_nonblocking(true)?;
-        socket.bind(&address.into())?;
-        socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+        let socket = listening_socket(address, backlog, reuse_port)?;
         // SAFETY: the descriptor is a listening TCP socket we own; ownership passes to glommio.
         let inner = unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
         Ok(Listener { inner })
@@ -58,6 +46,11 @@ impl Listener {
 /// A non-blocking standard-library listener on `address` with `SO_REUSEPORT` (for the start-up
 /// responder, which runs before the shards and beside them).
 pub fn bind_std(address: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    Ok(listening_socket(address, backlog, true)?.into())
+}
+
+/// A non-blocking TCP socket listening on `address` (`SO_REUSEADDR`, and `SO_REUSEPORT` if asked).
+fn listening_socket(address: SocketAddr, backlog: u32, reuse_port: bool) -> io::Result<Socket> {
     let domain = if address.is_ipv6() {
         Domain::IPV6
     } else {
@@ -65,11 +58,13 @@ pub fn bind_std(address: SocketAddr, backlog: u32) -> io::Result<std::net::TcpLi
     };
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 /// An accepted TCP connection, registered with its shard.
