@@ -28,6 +28,8 @@ pub struct Config {
     pub money: MoneyConfig,
     /// Where state is stored.
     pub storage: StorageConfig,
+    /// TLS on the listeners.
+    pub tls: TlsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -192,6 +194,75 @@ pub struct StorageConfig {
     /// A shard writes a snapshot of its state after this many log bytes, then deletes the
     /// segments the snapshot covers.
     pub snapshot_bytes: u64,
+}
+
+/// `[tls]`: TLS (rustls; TLS 1.2 and 1.3, ALPN `http/1.1`, no 0-RTT) on the listeners.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The public address speaks TLS.
+    pub public: bool,
+    /// The shard-aware ports speak TLS.
+    pub shard_ports: bool,
+    /// PEM certificate chain, the server's certificate first. Read again on SIGHUP.
+    pub cert_path: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the first certificate. Read again on SIGHUP.
+    pub key_path: String,
+    /// Longest time from accepting a connection to the end of its TLS handshake.
+    pub handshake_timeout_ms: u64,
+    /// TLS sessions each shard keeps for resumption by session id; 0 turns that off.
+    pub session_cache_entries: usize,
+    /// Issue session tickets (stateless resumption on any shard).
+    pub tickets: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            public: false,
+            shard_ports: false,
+            cert_path: String::new(),
+            key_path: String::new(),
+            handshake_timeout_ms: 10_000,
+            session_cache_entries: 4096,
+            tickets: true,
+        }
+    }
+}
+
+/// Most `tls.session_cache_entries` per shard.
+pub const TLS_SESSION_CACHE_LIMIT: usize = 1_000_000;
+
+impl TlsConfig {
+    /// Whether any listener speaks TLS.
+    pub fn enabled(&self) -> bool {
+        self.public || self.shard_ports
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.enabled() {
+            if self.cert_path.trim().is_empty() {
+                return Err(error(
+                    "tls.cert_path",
+                    "required when tls.public or tls.shard_ports is true (`shardpay gen-cert` makes one for development)",
+                ));
+            }
+            if self.key_path.trim().is_empty() {
+                return Err(error(
+                    "tls.key_path",
+                    "required when tls.public or tls.shard_ports is true",
+                ));
+            }
+        }
+        positive("tls.handshake_timeout_ms", self.handshake_timeout_ms)?;
+        if self.session_cache_entries > TLS_SESSION_CACHE_LIMIT {
+            return Err(error(
+                "tls.session_cache_entries",
+                format!("at most {TLS_SESSION_CACHE_LIMIT}"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Storage backend.
@@ -546,6 +617,7 @@ impl Config {
         self.auth.validate()?;
         self.money.validate(self.auth.dev_keys_allowed)?;
         self.storage.validate()?;
+        self.tls.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|err| error("log.level", format!("not a valid filter: {err}")))?;
         Ok(())

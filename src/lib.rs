@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod certgen;
 pub mod config;
 pub mod home;
 pub mod http;

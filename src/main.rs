@@ -20,6 +20,22 @@ enum Command {
     Serve(ServeArgs),
     /// Load and validate the configuration, print it as TOML, and exit.
     CheckConfig(ServeArgs),
+    /// Make a development certificate authority (once) and a server certificate signed by it,
+    /// for tls.cert_path and tls.key_path. Not for production.
+    GenCert(GenCertArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GenCertArgs {
+    /// Directory for ca.pem, ca-key.pem (reused if present), server.pem and server-key.pem.
+    #[arg(long, value_name = "DIR", default_value = "certs")]
+    dir: PathBuf,
+    /// A DNS name or IP address of the server (repeat for several); the first is the subject.
+    #[arg(long = "name", value_name = "NAME", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+    names: Vec<String>,
+    /// Days the server certificate is valid (1 to 366).
+    #[arg(long, value_name = "N", default_value_t = 90)]
+    days: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +89,20 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(code) => code,
+        },
+        Command::GenCert(args) => match shardpay::certgen::generate(&args.dir, &args.names, args.days) {
+            Ok(generated) => {
+                let ca = if generated.ca_created { "made" } else { "reused" };
+                println!("CA ({ca}):          {}", generated.ca_cert.display());
+                println!("server certificate: {}", generated.server_cert.display());
+                println!("server key:         {}", generated.server_key.display());
+                println!("names:              {}", args.names.join(", "));
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("shardpay: gen-cert: {error}");
+                ExitCode::FAILURE
+            }
         },
         Command::Serve(args) => {
             let config = match load(&args) {

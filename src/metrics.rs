@@ -86,6 +86,14 @@ pub struct ShardMetrics {
     pub accept_errors: Cell<u64>,
     /// argon2id computations started (hashes at signup, verifications at login).
     pub password_checks: Cell<u64>,
+    /// TLS handshakes completed without resumption.
+    pub tls_handshakes_full: Cell<u64>,
+    /// TLS handshakes completed by resuming a session (ticket or session id).
+    pub tls_handshakes_resumed: Cell<u64>,
+    /// TLS handshakes that failed (protocol errors, the peer closing).
+    pub tls_handshake_failures: Cell<u64>,
+    /// TLS handshakes closed at `tls.handshake_timeout_ms`.
+    pub tls_handshake_timeouts: Cell<u64>,
     parse_errors: RefCell<Vec<(&'static str, u64)>>,
     /// Messages this shard sent to each peer.
     pub mesh_sent: Box<[Cell<u64>]>,
@@ -108,6 +116,10 @@ impl ShardMetrics {
             connections_rejected: Cell::new(0),
             accept_errors: Cell::new(0),
             password_checks: Cell::new(0),
+            tls_handshakes_full: Cell::new(0),
+            tls_handshakes_resumed: Cell::new(0),
+            tls_handshake_failures: Cell::new(0),
+            tls_handshake_timeouts: Cell::new(0),
             parse_errors: RefCell::new(Vec::new()),
             mesh_sent: cells(shards),
             mesh_received: cells(shards),
@@ -160,6 +172,10 @@ impl ShardMetrics {
             connections_rejected: self.connections_rejected.get(),
             accept_errors: self.accept_errors.get(),
             password_checks: self.password_checks.get(),
+            tls_handshakes_full: self.tls_handshakes_full.get(),
+            tls_handshakes_resumed: self.tls_handshakes_resumed.get(),
+            tls_handshake_failures: self.tls_handshake_failures.get(),
+            tls_handshake_timeouts: self.tls_handshake_timeouts.get(),
             parse_errors: self.parse_errors.borrow().clone(),
             mesh_sent: values(&self.mesh_sent),
             mesh_received: values(&self.mesh_received),
@@ -210,6 +226,14 @@ pub struct Snapshot {
     pub accept_errors: u64,
     /// argon2id computations started.
     pub password_checks: u64,
+    /// Full TLS handshakes.
+    pub tls_handshakes_full: u64,
+    /// Resumed TLS handshakes.
+    pub tls_handshakes_resumed: u64,
+    /// Failed TLS handshakes.
+    pub tls_handshake_failures: u64,
+    /// TLS handshakes past their deadline.
+    pub tls_handshake_timeouts: u64,
     /// Refused requests by error code.
     pub parse_errors: Vec<(&'static str, u64)>,
     /// Mesh messages sent, by peer.
@@ -284,7 +308,7 @@ pub fn render(snapshots: &[Snapshot]) -> String {
             snapshot.shard, cumulative
         );
     }
-    let simple: [(&str, &str, &str, Gauge); 8] = [
+    let simple: [(&str, &str, &str, Gauge); 12] = [
         (
             "shardpay_connections_open",
             "gauge",
@@ -314,6 +338,30 @@ pub fn render(snapshots: &[Snapshot]) -> String {
             "counter",
             "argon2id computations started: hashes at signup, verifications at login (unknown users included).",
             |s| s.password_checks,
+        ),
+        (
+            "shardpay_tls_handshakes_full_total",
+            "counter",
+            "TLS handshakes completed without resuming a session.",
+            |s| s.tls_handshakes_full,
+        ),
+        (
+            "shardpay_tls_handshakes_resumed_total",
+            "counter",
+            "TLS handshakes completed by resuming a session (ticket or session id).",
+            |s| s.tls_handshakes_resumed,
+        ),
+        (
+            "shardpay_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed: protocol errors, refused certificates, the client closing.",
+            |s| s.tls_handshake_failures,
+        ),
+        (
+            "shardpay_tls_handshake_timeouts_total",
+            "counter",
+            "TLS handshakes closed at tls.handshake_timeout_ms.",
+            |s| s.tls_handshake_timeouts,
         ),
         (
             "shardpay_log_frames_total",

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{Api, ROUTE_NAMES};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::http::connection::Settings;
+use crate::net::tls::{self, Certificates};
 use crate::net::{self, Listener};
 use crate::shard::{self, Launch, Shard, ShardError};
 
@@ -34,12 +35,20 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), ShardError> {
         ),
         _ => {}
     }
+    // Certificates are checked before anything starts, so a bad pair fails at once.
+    let tls = TlsShared::load(&config)?;
+    let reloader = watch_sighup(tls.clone())?;
     // Recovery (and a resharding) can take a while: meanwhile the public address answers that
     // the server is starting, instead of refusing connections.
+    let starting_tls = match &tls {
+        Some(shared) if config.tls.public => Some(shared.acceptor(&config)?.server_config()),
+        _ => None,
+    };
     let starting = answer_while_starting(
         config.listen_addr(),
         config.server.backlog,
         launch.cluster.clone(),
+        starting_tls,
     );
     launch.open_storage(options.repair)?;
     // The first SIGINT or SIGTERM starts the drain; a second one while draining exits at once
@@ -62,15 +71,137 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), ShardError> {
         shard_port_base = config.server.shard_port_base,
         storage = ?config.storage.backend,
         data_dir = %config.storage.data_dir,
+        tls_public = config.tls.public,
+        tls_shard_ports = config.tls.shard_ports,
         "starting"
     );
-    let outcome = launch.run(ROUTE_NAMES, move |shard| run_shard(shard, config.clone()));
+    let outcome = launch.run(ROUTE_NAMES, move |shard| {
+        run_shard(shard, config.clone(), tls.clone())
+    });
     if let Some(starting) = starting {
         let _ = starting.join();
     }
+    reloader.stop();
     outcome?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the shards share of TLS: the certificate pair (reloaded on SIGHUP) and the ticket keys.
+#[derive(Clone)]
+struct TlsShared {
+    certificates: Arc<Certificates>,
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
+}
+
+impl TlsShared {
+    /// `None` when no listener speaks TLS; an error naming the file when the pair is unusable.
+    fn load(config: &Config) -> Result<Option<TlsShared>, ShardError> {
+        if !config.tls.enabled() {
+            return Ok(None);
+        }
+        let (certificates, info) = Certificates::load(&config.tls).map_err(|error| {
+            let key = match &error {
+                tls::CertificateError::Read { path, .. } | tls::CertificateError::Invalid { path, .. }
+                    if path.as_os_str() == config.tls.key_path.as_str() =>
+                {
+                    "tls.key_path"
+                }
+                _ => "tls.cert_path",
+            };
+            ShardError::Config(ConfigError {
+                key: key.to_string(),
+                message: error.to_string(),
+            })
+        })?;
+        log_certificate("TLS certificate loaded", &info);
+        let ticketer = tls::ticketer(&config.tls).map_err(|error| ShardError::Spawn {
+            shard: 0,
+            message: format!("cannot make TLS ticket keys: {error}"),
+        })?;
+        Ok(Some(TlsShared {
+            certificates,
+            ticketer,
+        }))
+    }
+
+    /// A shard's acceptor (its own rustls configuration and session cache).
+    fn acceptor(&self, config: &Config) -> Result<tls::Acceptor, ShardError> {
+        tls::Acceptor::new(&self.certificates, self.ticketer.clone(), &config.tls).map_err(|error| {
+            ShardError::Spawn {
+                shard: 0,
+                message: format!("cannot configure TLS: {error}"),
+            }
+        })
+    }
+}
+
+fn log_certificate(message: &str, info: &tls::CertificateInfo) {
+    if info.valid_now {
+        tracing::info!(
+            subject = %info.subject,
+            names = ?info.names,
+            not_after = %info.not_after,
+            sha256 = %info.sha256,
+            chain = info.chain_length,
+            "{message}"
+        );
+    } else {
+        tracing::warn!(
+            subject = %info.subject,
+            names = ?info.names,
+            not_before = %info.not_before,
+            not_after = %info.not_after,
+            sha256 = %info.sha256,
+            "{message}, but it is not valid now: clients will refuse it"
+        );
+    }
+}
+
+/// The SIGHUP thread: reloads the certificate pair (when TLS is on) on every SIGHUP.
+struct Reloader {
+    handle: signal_hook::iterator::Handle,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Reloader {
+    fn stop(self) {
+        self.handle.close();
+        let _ = self.thread.join();
+    }
+}
+
+/// Installs the SIGHUP handler (so SIGHUP never ends the process) and its thread.
+fn watch_sighup(tls: Option<TlsShared>) -> Result<Reloader, ShardError> {
+    let mut signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]).map_err(|error| {
+            ShardError::Spawn {
+                shard: 0,
+                message: format!("cannot install the SIGHUP handler: {error}"),
+            }
+        })?;
+    let handle = signals.handle();
+    let thread = std::thread::Builder::new()
+        .name("sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match &tls {
+                    None => tracing::info!("SIGHUP: TLS is off, nothing to reload"),
+                    Some(shared) => match shared.certificates.reload() {
+                        Ok(info) => log_certificate("SIGHUP: TLS certificate reloaded", &info),
+                        Err(error) => tracing::error!(
+                            %error,
+                            "SIGHUP: the new TLS certificate pair is refused; the current one stays"
+                        ),
+                    },
+                }
+            }
+        })
+        .map_err(|error| ShardError::Spawn {
+            shard: 0,
+            message: format!("cannot start the SIGHUP thread: {error}"),
+        })?;
+    Ok(Reloader { handle, thread })
 }
 
 /// Until the first shard is about to listen, a plain thread listens on the public address and
@@ -83,6 +214,7 @@ fn answer_while_starting(
     address: SocketAddr,
     backlog: u32,
     cluster: Arc<shard::Cluster>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Option<std::thread::JoinHandle<()>> {
     let listener = net::bind_std(address, backlog).ok()?;
     cluster.open_starting();
@@ -92,7 +224,7 @@ fn answer_while_starting(
             loop {
                 let stopping = cluster.starting_stop_requested() || cluster.shutdown_requested();
                 match listener.accept() {
-                    Ok((stream, _)) => answer_starting(stream),
+                    Ok((stream, _)) => answer_starting(stream, tls.as_ref()),
                     Err(_) if stopping => break,
                     Err(_) => std::thread::sleep(Duration::from_millis(1)),
                 }
@@ -110,12 +242,27 @@ fn answer_while_starting(
     }
 }
 
-/// Reads one request head (at most 8 KiB, within a second) and answers it, closing.
-fn answer_starting(mut stream: std::net::TcpStream) {
-    use std::io::{Read, Write};
+/// Reads one request head (at most 8 KiB, within a second) and answers it, closing; over TLS
+/// when the public address speaks TLS.
+fn answer_starting(stream: std::net::TcpStream, tls: Option<&Arc<rustls::ServerConfig>>) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    match tls {
+        None => answer_starting_on(stream),
+        Some(config) => {
+            let Ok(connection) = rustls::ServerConnection::new(config.clone()) else {
+                return;
+            };
+            let mut stream = rustls::StreamOwned::new(connection, stream);
+            answer_starting_on(&mut stream);
+            stream.conn.send_close_notify();
+            let _ = std::io::Write::flush(&mut stream);
+        }
+    }
+}
+
+fn answer_starting_on(mut stream: impl std::io::Read + std::io::Write) {
     let mut head = [0u8; 8192];
     let mut filled = 0;
     while filled < head.len() && !head[..filled].windows(4).any(|w| w == b"\r\n\r\n") {
@@ -141,10 +288,19 @@ fn answer_starting(mut stream: std::net::TcpStream) {
         )
     };
     let _ = stream.write_all(response.as_bytes());
+    let _ = stream.flush();
 }
 
 /// One shard's life: listen, serve, drain.
-async fn run_shard(shard: Rc<Shard>, config: Arc<Config>) -> Result<(), String> {
+async fn run_shard(shard: Rc<Shard>, config: Arc<Config>, tls: Option<TlsShared>) -> Result<(), String> {
+    let acceptor = match &tls {
+        Some(shared) => Some(Rc::new(
+            shared.acceptor(&config).map_err(|error| error.to_string())?,
+        )),
+        None => None,
+    };
+    let public_tls = acceptor.clone().filter(|_| config.tls.public);
+    let own_tls = acceptor.filter(|_| config.tls.shard_ports);
     let public = config.listen_addr();
     // The start-up responder closes before any shard listens on the public address, so that no
     // connection is queued on a listener that is about to close (it would be reset).
@@ -162,9 +318,10 @@ async fn run_shard(shard: Rc<Shard>, config: Arc<Config>) -> Result<(), String> 
     let api = Rc::new(Api::new(shard.clone(), &config));
     let settings = Rc::new(Settings::from_config(&config));
     let write_timeout = Duration::from_millis(config.timeouts.write_timeout_ms);
-    for listener in [public_listener, own_listener] {
+    for (listener, tls) in [(public_listener, public_tls), (own_listener, own_tls)] {
         shard::spawn(net::accept_loop(
             listener,
+            tls,
             api.clone(),
             shard.connections.clone(),
             settings.clone(),
@@ -223,7 +380,8 @@ mod tests {
         let mut config = Config::default();
         config.server.listen = format!("127.0.0.1:{port}");
         let launch = Launch::new(Arc::new(config.clone())).unwrap();
-        let responder = answer_while_starting(config.listen_addr(), 16, launch.cluster.clone()).unwrap();
+        let responder =
+            answer_while_starting(config.listen_addr(), 16, launch.cluster.clone(), None).unwrap();
         let ready = ask(config.listen_addr(), "/readyz");
         assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
         assert!(

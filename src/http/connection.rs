@@ -32,7 +32,7 @@ pub trait Transport {
     /// Writes all of `bytes`.
     fn write_all(&mut self, bytes: &[u8]) -> impl Future<Output = io::Result<()>>;
     /// Half-closes the write side, so the peer sees the end of the responses.
-    fn shutdown_write(&mut self);
+    fn shutdown_write(&mut self) -> impl Future<Output = ()>;
     /// The client's IP address, if known.
     fn peer_ip(&self) -> Option<std::net::IpAddr> {
         None
@@ -437,7 +437,7 @@ async fn timed_out<T: Transport, H: Handler, C: Control>(
 /// body): half-close, then read and discard for a bounded time, so that closing with unread data
 /// does not reset the connection before the client has read the response (RFC 9112 §9.6).
 async fn close<T: Transport>(transport: &mut T, linger: bool, linger_timeout: Duration) {
-    transport.shutdown_write();
+    transport.shutdown_write().await;
     if !linger {
         return;
     }
@@ -489,7 +489,7 @@ mod tests {
             Ok(())
         }
 
-        fn shutdown_write(&mut self) {
+        async fn shutdown_write(&mut self) {
             self.shut = true;
         }
     }

@@ -6,6 +6,7 @@
 //! logged, counted and waited out.
 
 mod connections;
+pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -109,7 +110,7 @@ impl Transport for Stream {
         self.inner.write_all(bytes).await
     }
 
-    fn shutdown_write(&mut self) {
+    async fn shutdown_write(&mut self) {
         // SAFETY: shutdown(2) on a descriptor this stream owns; errors (already closed) are moot.
         unsafe {
             libc::shutdown(self.raw_fd(), libc::SHUT_WR);
@@ -122,9 +123,11 @@ impl Transport for Stream {
 }
 
 /// Accepts on `listener` until the shard drains, serving every connection with `handler` in its
-/// own task. Connections beyond the shard's limit are accepted and closed at once.
+/// own task, over TLS when `tls` is given. Connections beyond the shard's limit are accepted and
+/// closed at once; a connection counts against the limit from its accept, handshake included.
 pub async fn accept_loop<H: Handler + 'static>(
     listener: Listener,
+    tls: Option<Rc<tls::Acceptor>>,
     handler: Rc<H>,
     connections: Rc<Connections>,
     settings: Rc<Settings>,
@@ -173,15 +176,49 @@ pub async fn accept_loop<H: Handler + 'static>(
         let handler = handler.clone();
         let settings = settings.clone();
         let metrics = metrics.clone();
+        let tls = tls.clone();
         glommio::spawn_local(async move {
             let control = ConnectionControl {
                 presence: registration.presence(),
                 metrics,
             };
             let mut stream = Stream::new(stream, registration, write_timeout);
-            connection::serve(&mut stream, &*handler, &control, &settings).await;
+            match tls {
+                None => connection::serve(&mut stream, &*handler, &control, &settings).await,
+                Some(acceptor) => serve_tls(stream, &acceptor, &*handler, &control, &settings).await,
+            }
         })
         .detach();
+    }
+}
+
+/// Runs the TLS handshake (counting how it ended), then serves the connection's requests.
+async fn serve_tls<H: Handler>(
+    stream: Stream,
+    acceptor: &tls::Acceptor,
+    handler: &H,
+    control: &ConnectionControl,
+    settings: &Settings,
+) {
+    let metrics = &control.metrics;
+    let count = |cell: &std::cell::Cell<u64>| cell.set(cell.get() + 1);
+    // The connection counts as busy during its handshake: a drain waits for it (bounded by the
+    // handshake deadline) rather than cutting it.
+    control.presence.set_idle(false);
+    match acceptor.accept(stream).await {
+        Ok(mut stream) => {
+            count(if stream.resumed() {
+                &metrics.tls_handshakes_resumed
+            } else {
+                &metrics.tls_handshakes_full
+            });
+            connection::serve(&mut stream, handler, control, settings).await;
+        }
+        Err(tls::HandshakeError::TimedOut) => count(&metrics.tls_handshake_timeouts),
+        Err(error) => {
+            count(&metrics.tls_handshake_failures);
+            tracing::debug!(%error, "TLS handshake failed");
+        }
     }
 }
 
