@@ -400,4 +400,56 @@ mod tests {
         responder.join().unwrap();
         assert!(launch.cluster.starting_closed());
     }
+
+    #[test]
+    fn the_start_up_responder_speaks_tls_when_the_public_address_does() {
+        use rustls::pki_types::pem::PemObject;
+        let dir = std::env::temp_dir().join(format!("shardpay-starting-tls-{}", std::process::id()));
+        let names = ["localhost".to_string()];
+        let generated = crate::certgen::generate(&dir, &names, 30).unwrap();
+        let mut config = Config::default();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        config.server.listen = format!("127.0.0.1:{port}");
+        config.tls.public = true;
+        config.tls.cert_path = generated.server_cert.display().to_string();
+        config.tls.key_path = generated.server_key.display().to_string();
+        let shared = TlsShared::load(&config).unwrap().unwrap();
+        let server_config = shared.acceptor(&config).unwrap().server_config();
+        let launch = Launch::new(Arc::new(config.clone())).unwrap();
+        let responder = answer_while_starting(
+            config.listen_addr(),
+            16,
+            launch.cluster.clone(),
+            Some(server_config),
+        )
+        .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_file(&generated.ca_cert).unwrap())
+            .unwrap();
+        let client = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let connection = rustls::ClientConnection::new(client, "localhost".try_into().unwrap()).unwrap();
+        let tcp = std::net::TcpStream::connect(config.listen_addr()).unwrap();
+        let mut stream = rustls::StreamOwned::new(connection, tcp);
+        stream
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("\"code\":\"starting\""), "{answer}");
+        launch.cluster.stop_starting();
+        responder.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

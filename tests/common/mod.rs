@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -70,6 +72,16 @@ pub struct Server {
     /// The data directory, removed on drop when the harness made it.
     pub data_dir: std::path::PathBuf,
     owns_data_dir: bool,
+    /// For servers whose listeners speak TLS: a client trusting their CA, and which listeners.
+    pub tls: Option<TlsListeners>,
+}
+
+/// Which listeners of a test server speak TLS, and a client configuration that trusts them.
+#[derive(Clone)]
+pub struct TlsListeners {
+    pub client: std::sync::Arc<rustls::ClientConfig>,
+    pub public: bool,
+    pub shard_ports: bool,
 }
 
 /// Environment every test server gets: small io_uring memory so many servers fit under the
@@ -98,6 +110,54 @@ impl Server {
 
     /// As [`Server::start`], letting the caller adjust the command (e.g. resource limits).
     pub fn start_with(shards: usize, env: &[(&str, &str)], adjust: impl FnOnce(&mut Command)) -> Server {
+        Self::start_full(shards, env, None, adjust)
+    }
+
+    /// A server whose public address and/or shard ports speak TLS with `certs`.
+    pub fn start_tls(
+        shards: usize,
+        env: &[(&str, &str)],
+        certs: &tls::Certs,
+        public: bool,
+        shard_ports: bool,
+    ) -> Server {
+        let tls_env = certs.env(public, shard_ports);
+        let mut all: Vec<(&str, &str)> = tls_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        all.extend_from_slice(env);
+        let listeners = TlsListeners {
+            client: tls::client_config(&certs.ca()),
+            public,
+            shard_ports,
+        };
+        Self::start_full(shards, &all, Some(listeners), |_| {})
+    }
+
+    /// As [`Server::start_tls`] for a certificate that clients refuse (expired, wrong host,
+    /// unknown issuer): readiness is checked with a client that accepts any certificate.
+    pub fn start_tls_unverified(
+        shards: usize,
+        env: &[(&str, &str)],
+        certs: &tls::Certs,
+        public: bool,
+        shard_ports: bool,
+    ) -> Server {
+        let tls_env = certs.env(public, shard_ports);
+        let mut all: Vec<(&str, &str)> = tls_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        all.extend_from_slice(env);
+        let listeners = TlsListeners {
+            client: tls::accept_any_certificate(),
+            public,
+            shard_ports,
+        };
+        Self::start_full(shards, &all, Some(listeners), |_| {})
+    }
+
+    fn start_full(
+        shards: usize,
+        env: &[(&str, &str)],
+        tls: Option<TlsListeners>,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Server {
         let port = free_port();
         let shard_port_base = free_port_range(shards);
         let stderr_path =
@@ -135,6 +195,7 @@ impl Server {
             stderr_path,
             data_dir,
             owns_data_dir,
+            tls,
         };
         server.wait_ready();
         server
@@ -146,10 +207,12 @@ impl Server {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("shardpay exited during start-up ({status}): {}", self.stderr());
             }
-            if let Ok(response) = try_get(self.port, "/readyz") {
+            if let Ok(response) = self.try_get_on(self.port, "/readyz") {
                 if response.status == 200 {
                     // Every shard's own port must be up too.
-                    if (0..self.shards).all(|shard| try_get(self.shard_port(shard), "/healthz").is_ok()) {
+                    if (0..self.shards)
+                        .all(|shard| self.try_get_on(self.shard_port(shard), "/healthz").is_ok())
+                    {
                         return;
                     }
                 }
@@ -160,6 +223,16 @@ impl Server {
                 self.stderr()
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One GET on a fresh connection to `port`, over TLS if that listener speaks it.
+    pub fn try_get_on(&self, port: u16, path: &str) -> std::io::Result<Response> {
+        match &self.tls {
+            Some(tls) if (port == self.port && tls.public) || (port != self.port && tls.shard_ports) => {
+                tls::try_get(port, &tls.client, path)
+            }
+            _ => try_get(port, path),
         }
     }
 
