@@ -80,6 +80,7 @@ impl Authority {
         let now = SystemTime::now();
         params.not_before = (now - BACKDATE).into();
         params.not_after = (now + Duration::from_secs(CA_DAYS * 86_400)).into();
+        params.serial_number = Some(serial_number()?);
         let certificate = params.self_signed(&key)?;
         Ok(Authority { certificate, key })
     }
@@ -128,9 +129,20 @@ impl Authority {
         params.use_authority_key_identifier_extension = true;
         params.not_before = not_before.into();
         params.not_after = not_after.into();
+        params.serial_number = Some(serial_number()?);
         let certificate = params.signed_by(&key, &self.certificate, &self.key)?;
         Ok((certificate.pem(), key.serialize_pem()))
     }
+}
+
+/// A random positive 16-byte serial number (RFC 5280 §4.1.2.2: positive, at most 20 bytes;
+/// rcgen's own random serials may have the top bit set, which DER reads as negative).
+fn serial_number() -> Result<rcgen::SerialNumber, CertgenError> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|error| CertgenError::Certificate(format!("no randomness for a serial number: {error}")))?;
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(rcgen::SerialNumber::from_slice(&bytes))
 }
 
 /// What [`generate`] wrote.
