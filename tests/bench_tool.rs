@@ -177,3 +177,89 @@ fn logins_never_revoke_the_sessions_the_other_requests_use() {
         "only {logins} logins: not enough to fill two users' sessions"
     );
 }
+
+#[test]
+fn a_new_connection_per_request_measures_connection_set_up() {
+    // Plain HTTP: each request on a connection of its own (`Connection: close`), closed by the
+    // server, then a new connect: the figures are connections set up per second.
+    let server = Server::start(1, BENCH_ENV);
+    let mut config = bench_config(&server, Scenario::Json);
+    config.new_connection_per_request = true;
+    config.connections = 4;
+    let report = run(&config).unwrap();
+    assert_clean(&report);
+    assert!(report.new_connection_per_request);
+    assert!(report.tls.is_none());
+    let handshakes = &report.handshakes;
+    assert!(handshakes.completed > 0, "{handshakes:?}");
+    assert_eq!(handshakes.resumed, None, "plain HTTP resumes nothing");
+    // One request per connection (give or take the connections cut by the window's edges).
+    assert!(
+        report.connects >= report.ok,
+        "{} connects for {} answers",
+        report.connects,
+        report.ok
+    );
+    let text = shardpay_bench::report::summary(&report);
+    assert!(
+        text.contains("a new connection per request") && text.contains("connections set up: "),
+        "{text}"
+    );
+
+    // Pipelining makes no sense there.
+    config.depth = 2;
+    match run(&config) {
+        Err(RunError::Config(message)) => assert!(message.contains("--depth must be 1"), "{message}"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}
+
+/// A self-signed CA certificate whose key was thrown away: a CA file no server can satisfy.
+const ORPHAN_CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBtDCCAVugAwIBAgIUHhsynHEyCtn8/r96VAgTme0H/6AwCgYIKoZIzj0EAwIw
+LzEtMCsGA1UEAwwkc2hhcmRwYXktYmVuY2ggdGVzdCBDQSAobm8ga2V5IGtlcHQp
+MCAXDTI2MTEyODE4NDIwMFoYDzIxMjYxMTA0MTg0MjAwWjAvMS0wKwYDVQQDDCRz
+aGFyZHBheS1iZW5jaCB0ZXN0IENBIChubyBrZXkga2VwdCkwWTATBgcqhkjOPQIB
+BggqhkjOPQMBBwNCAASBBul2lvjpFC0DrqBcwlySNhTWQ6WwsTj9ndHzc28IDJob
+jYq+mFq29isaDFUCcUP0EiiNjEAStYU1hRuFeIJKo1MwUTAdBgNVHQ4EFgQUyf2j
+SWLLG35VqieBcKtwzZpOak4wHwYDVR0jBBgwFoAUyf2jSWLLG35VqieBcKtwzZpO
+ak4wDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNHADBEAiBkerekSU1qpmVr
+vg8UY27pMbYRsWpOPCfhALLp0xwjPgIgGHjL52OHfATtQF1MgKMs0puKzrMOmESZ
+BHafT67BjHA=
+-----END CERTIFICATE-----
+";
+
+#[test]
+fn https_needs_a_ca_file_and_a_server_that_speaks_tls() {
+    let server = Server::start(1, BENCH_ENV);
+    let https = format!("https://127.0.0.1:{}", server.port);
+    let mut config = RunConfig::new(&https, Scenario::Json);
+    config.duration = Duration::from_millis(300);
+    // No --cacert: refused before anything is sent (there is no insecure mode).
+    match run(&config) {
+        Err(RunError::Config(message)) => assert!(message.contains("--cacert"), "{message}"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+    // A CA file that is not one.
+    let dir = std::env::temp_dir().join(format!("shardpay-bench-tool-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_pem = dir.join("not-a-ca.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    config.cacert = Some(not_pem);
+    match run(&config) {
+        Err(RunError::Config(message)) => assert!(message.contains("no PEM certificate"), "{message}"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+    // A plain-HTTP server behind an https URL: a TLS error of the set-up, not a hang.
+    let ca = dir.join("orphan-ca.pem");
+    std::fs::write(&ca, ORPHAN_CA_PEM).unwrap();
+    config.cacert = Some(ca);
+    match run(&config) {
+        Err(error @ RunError::Setup(_)) => {
+            let text = error.to_string();
+            assert!(text.contains("GET /v1/cluster") && text.contains("TLS"), "{text}");
+        }
+        other => panic!("expected a set-up error, got {other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,5 +1,6 @@
 //! A small blocking HTTP/1.1 client for the set-up phase (cluster map, signups, logins,
-//! deposits): one request at a time on a keep-alive connection, with timeouts.
+//! deposits): one request at a time on a keep-alive connection, with timeouts, over plain TCP or
+//! TLS (https).
 //!
 //! Never used during the measured run; the workers have their own non-blocking loop.
 
@@ -7,7 +8,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use rustls::{ClientConnection, StreamOwned};
+
 use crate::http::{parse_response, Body};
+use crate::tls::{rustls_error, TlsClient};
 
 /// Longest wait for connecting, writing or each read of a set-up request.
 pub const SETUP_IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -17,6 +21,12 @@ pub const SETUP_IO_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum ClientError {
     /// Connecting, writing or reading failed.
     Io(std::io::Error),
+    /// The TLS handshake or a TLS record failed (a certificate refused, a handshake failure).
+    Tls(rustls::Error),
+    /// The connection failed or closed during the TLS handshake.
+    TlsHandshake(String),
+    /// A plain-HTTP request was answered with TLS.
+    TlsAnswer,
     /// The answer could not be framed.
     Framing(crate::http::FramingError),
     /// The server closed the connection before answering.
@@ -27,8 +37,17 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::Io(error) => write!(f, "{error}"),
+            ClientError::Tls(error) => write!(f, "TLS: {error}"),
+            ClientError::TlsHandshake(error) => write!(
+                f,
+                "TLS: the handshake did not finish ({error}): does the server speak TLS on this port?"
+            ),
             ClientError::Framing(error) => write!(f, "{error}"),
             ClientError::Closed => write!(f, "the server closed the connection without answering"),
+            ClientError::TlsAnswer => write!(
+                f,
+                "the server answered with TLS: use an https:// URL (and --cacert)"
+            ),
         }
     }
 }
@@ -37,7 +56,10 @@ impl std::error::Error for ClientError {}
 
 impl From<std::io::Error> for ClientError {
     fn from(error: std::io::Error) -> Self {
-        ClientError::Io(error)
+        match rustls_error(&error) {
+            Some(tls) => ClientError::Tls(tls.clone()),
+            None => ClientError::Io(error),
+        }
     }
 }
 
@@ -67,22 +89,56 @@ impl Reply {
     }
 }
 
+/// A connection: plain TCP or TLS over TCP.
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(stream) => stream.read(buf),
+            Stream::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(stream) => stream.write(buf),
+            Stream::Tls(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(stream) => stream.flush(),
+            Stream::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
 /// One keep-alive connection.
 #[derive(Debug)]
 pub struct BlockingClient {
     address: SocketAddr,
     host: String,
-    stream: Option<TcpStream>,
+    tls: Option<TlsClient>,
+    stream: Option<Stream>,
     buffer: Vec<u8>,
     scratch: Vec<u8>,
 }
 
 impl BlockingClient {
-    /// A client for `address`, sending `Host: host`. Connects on first use.
-    pub fn new(address: SocketAddr, host: &str) -> Self {
+    /// A client for `address`, sending `Host: host`, over TLS with `tls`. Connects on first use.
+    pub fn new(address: SocketAddr, host: &str, tls: Option<TlsClient>) -> Self {
         Self {
             address,
             host: host.to_string(),
+            tls,
             stream: None,
             buffer: Vec::with_capacity(16 * 1024),
             scratch: Vec::new(),
@@ -124,21 +180,35 @@ impl BlockingClient {
         let stream = match &mut self.stream {
             Some(stream) => stream,
             None => {
-                let stream = TcpStream::connect_timeout(&self.address, SETUP_IO_TIMEOUT)?;
-                stream.set_nodelay(true)?;
-                stream.set_read_timeout(Some(SETUP_IO_TIMEOUT))?;
-                stream.set_write_timeout(Some(SETUP_IO_TIMEOUT))?;
+                let socket = TcpStream::connect_timeout(&self.address, SETUP_IO_TIMEOUT)?;
+                socket.set_nodelay(true)?;
+                socket.set_read_timeout(Some(SETUP_IO_TIMEOUT))?;
+                socket.set_write_timeout(Some(SETUP_IO_TIMEOUT))?;
+                let stream = match &self.tls {
+                    None => Stream::Plain(socket),
+                    Some(tls) => {
+                        let connection = tls.connect().map_err(ClientError::Tls)?;
+                        Stream::Tls(Box::new(StreamOwned::new(connection, socket)))
+                    }
+                };
                 self.stream.insert(stream)
             }
         };
         self.buffer.clear();
         let result = (|| {
             stream.write_all(request)?;
+            stream.flush()?;
             let mut chunk = [0u8; 16 * 1024];
             loop {
-                if let Some(response) =
-                    parse_response(&self.buffer, &mut self.scratch).map_err(ClientError::Framing)?
-                {
+                let parsed = parse_response(&self.buffer, &mut self.scratch).map_err(|error| {
+                    // A TLS record (handshake or alert) where an HTTP answer should be.
+                    if matches!(self.buffer[..], [0x15 | 0x16, 0x03, ..]) {
+                        ClientError::TlsAnswer
+                    } else {
+                        ClientError::Framing(error)
+                    }
+                })?;
+                if let Some(response) = parsed {
                     let body = match response.body {
                         Body::InBuffer(range) => self.buffer[range].to_vec(),
                         Body::Decoded => std::mem::take(&mut self.scratch),
@@ -151,7 +221,11 @@ impl BlockingClient {
                         response.close,
                     ));
                 }
-                let read = stream.read(&mut chunk)?;
+                let read = match stream.read(&mut chunk) {
+                    // TLS: the server closed without close_notify.
+                    Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                    result => result?,
+                };
                 if read == 0 {
                     return Err(ClientError::Closed);
                 }
@@ -166,8 +240,14 @@ impl BlockingClient {
                 Ok(reply)
             }
             Err(error) => {
+                let handshaking = matches!(&self.stream, Some(Stream::Tls(tls)) if tls.conn.is_handshaking());
                 self.stream = None;
-                Err(error)
+                match error {
+                    ClientError::Io(_) | ClientError::Closed if handshaking => {
+                        Err(ClientError::TlsHandshake(error.to_string()))
+                    }
+                    error => Err(error),
+                }
             }
         }
     }

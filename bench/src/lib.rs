@@ -14,4 +14,5 @@ pub mod rng;
 pub mod run;
 pub mod scenario;
 pub mod setup;
+pub mod tls;
 pub mod worker;

@@ -11,13 +11,30 @@ use shardpay_bench::run::{run, RunConfig};
 use shardpay_bench::scenario::{Mix, Scenario};
 
 /// HTTP/1.1 load generator for shardpay: logins, authenticated reads, payments and cross-shard
-/// traffic, closed or open loop, with HdrHistogram latencies.
+/// traffic, closed or open loop, with HdrHistogram latencies, over plain TCP or TLS (https).
 #[derive(Debug, Parser)]
 #[command(name = "shardpay-bench", version)]
 struct Cli {
-    /// The server's public URL.
+    /// The server's public URL: http://HOST:PORT, or https://HOST:PORT for TLS (then the shard
+    /// ports of --shard-aware are contacted over TLS too; needs --cacert).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// https: PEM file of the CA certificates to trust. Required for https (the server's
+    /// certificate is always verified; there is no insecure mode).
+    #[arg(long, value_name = "PATH")]
+    cacert: Option<PathBuf>,
+    /// https: the name the server's certificate must be valid for, a DNS name or an IP address.
+    /// Default: the URL's host.
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
+    /// https: keep a client session cache (TLS 1.3 tickets, TLS 1.2 session ids and tickets) and
+    /// resume sessions (on), or make every handshake a full one (off). Default: on.
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    tls_resumption: Option<bool>,
+    /// Each connection sends one request with `Connection: close`, reads the answer, closes and
+    /// reconnects at once: measures handshakes (connection set-ups) per second. Needs --depth 1.
+    #[arg(long)]
+    new_connection_per_request: bool,
     /// plaintext, json, balance, payments, mixed or signup.
     #[arg(long, short = 's', value_parser = parse_scenario, default_value = "plaintext")]
     scenario: Scenario,
@@ -87,6 +104,14 @@ fn parse_scenario(text: &str) -> Result<Scenario, String> {
     Scenario::from_name(text).ok_or_else(|| format!("unknown scenario (known: {})", Scenario::NAMES))
 }
 
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("must be on or off".into()),
+    }
+}
+
 fn parse_mix(text: &str) -> Result<Mix, String> {
     Mix::parse(text).map_err(|error| error.to_string())
 }
@@ -136,6 +161,10 @@ fn main() -> ExitCode {
         eprintln!("shardpay-bench: --mix applies to --scenario mixed only");
         return ExitCode::from(2);
     }
+    if cli.tls_resumption.is_some() && !cli.url.starts_with("https://") {
+        eprintln!("shardpay-bench: --tls-resumption applies to https URLs only");
+        return ExitCode::from(2);
+    }
     let cpus = cli.cpus.map(|list| list.0).unwrap_or_default();
     let mut config = RunConfig::new(&cli.url, cli.scenario);
     config.mix = cli.mix;
@@ -156,6 +185,10 @@ fn main() -> ExitCode {
     config.setup_connections = cli.setup_connections;
     config.server_pid = cli.server_pid;
     config.progress = !cli.quiet;
+    config.cacert = cli.cacert;
+    config.tls_server_name = cli.tls_server_name;
+    config.tls_resumption = cli.tls_resumption.unwrap_or(true);
+    config.new_connection_per_request = cli.new_connection_per_request;
 
     let report = match run(&config) {
         Ok(report) => report,
@@ -194,6 +227,26 @@ mod tests {
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from(["shardpay-bench", "--cpus", "0-1", "--scenario", "mixed"]).unwrap();
         assert_eq!(cli.cpus, Some(CpuList(vec![0, 1])));
+        assert_eq!(cli.tls_resumption, None);
+        assert!(!cli.new_connection_per_request);
+        let cli = Cli::try_parse_from([
+            "shardpay-bench",
+            "--url",
+            "https://127.0.0.1:8443",
+            "--cacert",
+            "ca.pem",
+            "--tls-server-name",
+            "localhost",
+            "--tls-resumption",
+            "off",
+            "--new-connection-per-request",
+        ])
+        .unwrap();
+        assert_eq!(cli.cacert, Some(PathBuf::from("ca.pem")));
+        assert_eq!(cli.tls_server_name.as_deref(), Some("localhost"));
+        assert_eq!(cli.tls_resumption, Some(false));
+        assert!(cli.new_connection_per_request);
+        assert!(Cli::try_parse_from(["shardpay-bench", "--tls-resumption", "maybe"]).is_err());
     }
 
     #[test]

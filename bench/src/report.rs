@@ -8,10 +8,13 @@ use crate::run::Report;
 /// The summary printed at the end of a run.
 pub fn summary(report: &Report) -> String {
     let mut out = String::new();
-    let mode = match report.rate_per_second {
+    let mut mode = match report.rate_per_second {
         Some(rate) => format!("open loop at {rate:.0} req/s"),
         None => "closed loop".to_string(),
     };
+    if report.new_connection_per_request {
+        mode.push_str(", a new connection per request");
+    }
     let cpus = if report.cpus.is_empty() {
         "not pinned".to_string()
     } else {
@@ -48,7 +51,27 @@ pub fn summary(report: &Report) -> String {
     if let Some(share) = report.payments_cross_shard_share {
         let _ = write!(out, ", {:.0}% of payments cross-shard", share * 100.0);
     }
-    let _ = writeln!(out, "\nmix: {}\n", report.mix);
+    let _ = writeln!(out, "\nmix: {}", report.mix);
+    if let Some(tls) = &report.tls {
+        let _ = write!(
+            out,
+            "TLS: server name {}, CA {}, session resumption {}",
+            tls.server_name,
+            tls.cacert,
+            if tls.resumption { "on" } else { "off" }
+        );
+        if let Some(negotiated) = &tls.negotiated {
+            let _ = write!(
+                out,
+                "; negotiated {} {}, ALPN {}",
+                negotiated.protocol,
+                negotiated.cipher_suite,
+                negotiated.alpn.as_deref().unwrap_or("none")
+            );
+        }
+        out.push('\n');
+    }
+    out.push('\n');
     let _ = writeln!(
         out,
         "{:<10} {:>10} {:>8} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10}",
@@ -90,6 +113,31 @@ pub fn summary(report: &Report) -> String {
     if let Some(server) = &report.server_cpu {
         let label = format!("server (pid {})", server.pid.unwrap_or_default());
         out.push_str(&cpu_line(&label, server));
+    }
+    let handshakes = &report.handshakes;
+    if report.new_connection_per_request || report.tls.is_some() {
+        let what = if report.tls.is_some() {
+            "TLS handshakes"
+        } else {
+            "connections set up"
+        };
+        let _ = write!(
+            out,
+            "{what}: {} in the window, {:.0}/s",
+            handshakes.completed, handshakes.per_second
+        );
+        if let (Some(resumed), Some(share)) = (handshakes.resumed, handshakes.resumed_share) {
+            let _ = write!(out, ", {resumed} resumed ({:.1}%)", share * 100.0);
+        }
+        if report.new_connection_per_request {
+            if let Some(server) = handshakes.server_cpu_us_per_handshake {
+                let _ = write!(out, "; server {server:.2} CPU-µs per connection");
+            }
+            if let Some(client) = handshakes.client_cpu_us_per_handshake {
+                let _ = write!(out, ", client {client:.2}");
+            }
+        }
+        out.push('\n');
     }
     if let Some(lag) = &report.client_send_lag_us {
         let _ = writeln!(

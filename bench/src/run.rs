@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use crate::latency::{Latencies, LatencySummary};
 use crate::procstat::{cpu_time, CpuTime};
 use crate::scenario::{Generator, Kind, Mix, Scenario, User, UserSet, Workload, KINDS};
 use crate::setup::{self, SetupError, Target, UserPlan};
+use crate::tls::{Negotiated, TlsClient, TlsSettings};
 use crate::worker::{self, ConnectionPlan, Progress, WorkerPlan, WorkerResult};
 
 /// Most connections one run opens.
@@ -29,7 +31,8 @@ const START_DELAY_NS: u64 = 50_000_000;
 /// Everything a run needs.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    /// `http://host:port` of the target's public address (a path is ignored).
+    /// `http://host:port` or `https://host:port` of the target's public address (a path is
+    /// ignored). https: the shard ports (`shard_aware`) are contacted over TLS too.
     pub url: String,
     /// The workload.
     pub scenario: Scenario,
@@ -71,6 +74,15 @@ pub struct RunConfig {
     pub server_pid: Option<u32>,
     /// Print a progress line every second.
     pub progress: bool,
+    /// https: PEM file of the CA certificates to trust (required for https).
+    pub cacert: Option<PathBuf>,
+    /// https: the name the server's certificate must be valid for (default: the URL's host).
+    pub tls_server_name: Option<String>,
+    /// https: keep a client session cache and resume sessions.
+    pub tls_resumption: bool,
+    /// Each connection sends one request with `Connection: close`, reads the answer, closes
+    /// and reconnects: measures connection set-up (TLS handshakes) per second.
+    pub new_connection_per_request: bool,
 }
 
 impl RunConfig {
@@ -98,6 +110,10 @@ impl RunConfig {
             setup_connections: 8,
             server_pid: None,
             progress: false,
+            cacert: None,
+            tls_server_name: None,
+            tls_resumption: true,
+            new_connection_per_request: false,
         }
     }
 }
@@ -160,6 +176,38 @@ pub struct CpuReport {
     pub system_us_per_request: Option<f64>,
     /// CPU time over wall time (1.0 = one core busy).
     pub cores_busy: f64,
+}
+
+/// TLS of an https run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsReport {
+    /// The name the server's certificate was verified for.
+    pub server_name: String,
+    /// The CA file trusted.
+    pub cacert: String,
+    /// Whether the client kept a session cache (resumption on).
+    pub resumption: bool,
+    /// What the first handshake agreed on (`null`: no handshake completed).
+    pub negotiated: Option<Negotiated>,
+}
+
+/// Connections set up in the measured window: a TCP connect and, over https, a TLS handshake.
+/// With `new_connection_per_request` every request pays one.
+#[derive(Debug, Clone, Serialize)]
+pub struct HandshakeReport {
+    /// Connections set up (TCP connect done and, over TLS, handshake done) in the window.
+    pub completed: u64,
+    /// Per second of the window.
+    pub per_second: f64,
+    /// https: handshakes that resumed a session (`null`: plain HTTP).
+    pub resumed: Option<u64>,
+    /// https: resumed / completed (`null`: plain HTTP or none completed).
+    pub resumed_share: Option<f64>,
+    /// The server's CPU µs per connection set up (with `--server-pid`; `null` without or with
+    /// none set up).
+    pub server_cpu_us_per_handshake: Option<f64>,
+    /// The client's CPU µs per connection set up.
+    pub client_cpu_us_per_handshake: Option<f64>,
 }
 
 /// Everything a run measured; `--json` writes it as is.
@@ -225,34 +273,70 @@ pub struct Report {
     /// from when a connection busy with earlier requests got room, to the write. Latencies include
     /// it; a large one means the client could not keep its schedule.
     pub client_send_lag_us: Option<LatencySummary>,
+    /// https: the TLS settings and what was negotiated (`null`: plain HTTP).
+    pub tls: Option<TlsReport>,
+    /// Each connection sent one request with `Connection: close` and was reopened; latencies then
+    /// run from the connect (or, open loop, the due time) to the answer.
+    pub new_connection_per_request: bool,
+    /// Connections set up in the measured window (handshakes/s).
+    pub handshakes: HandshakeReport,
 }
 
-/// The host, port and address of an `http://` URL.
-pub fn parse_url(url: &str) -> Result<(SocketAddr, String), RunError> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        RunError::Config(format!(
-            "URL '{url}' must start with http:// (https is not supported yet)"
-        ))
-    })?;
+/// A target URL, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedUrl {
+    /// The address to connect to.
+    pub address: SocketAddr,
+    /// `host[:port]` as written: the Host header.
+    pub authority: String,
+    /// The host alone (no port, no brackets): the default TLS server name.
+    pub host: String,
+    /// https.
+    pub tls: bool,
+}
+
+/// Takes an `http://` or `https://` URL apart (default ports 80 and 443).
+pub fn parse_url(url: &str) -> Result<ParsedUrl, RunError> {
+    let (rest, tls, default_port) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, false, 80)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (rest, true, 443)
+    } else {
+        return Err(RunError::Config(format!(
+            "URL '{url}' must start with http:// or https://"
+        )));
+    };
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() {
         return Err(RunError::Config(format!("URL '{url}' has no host")));
     }
-    let with_port = if authority
+    let has_port = authority
         .rsplit_once(':')
         .is_some_and(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
-        && !authority.ends_with(']')
-    {
+        && !authority.ends_with(']');
+    let with_port = if has_port {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{default_port}")
     };
+    let host = match with_port.rsplit_once(':') {
+        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']').to_string(),
+        None => authority.to_string(),
+    };
+    if host.is_empty() {
+        return Err(RunError::Config(format!("URL '{url}' has no host")));
+    }
     let address = with_port
         .to_socket_addrs()
         .map_err(|error| RunError::Config(format!("URL '{url}': {error}")))?
         .next()
         .ok_or_else(|| RunError::Config(format!("URL '{url}': the host has no address")))?;
-    Ok((address, authority.to_string()))
+    Ok(ParsedUrl {
+        address,
+        authority: authority.to_string(),
+        host,
+        tls,
+    })
 }
 
 fn validate(config: &RunConfig) -> Result<(), RunError> {
@@ -291,6 +375,22 @@ fn validate(config: &RunConfig) -> Result<(), RunError> {
     if config.payment_amount == 0 {
         return bad("--payment-amount must be positive".into());
     }
+    if config.new_connection_per_request && config.depth != 1 {
+        return bad(
+            "--new-connection-per-request sends one request per connection: --depth must be 1".into(),
+        );
+    }
+    let https = config.url.starts_with("https://");
+    if https && config.cacert.is_none() {
+        return bad(format!(
+            "{} is https: --cacert PATH must name the PEM file of the CA certificates to trust \
+             (there is no insecure mode)",
+            config.url
+        ));
+    }
+    if !https && (config.cacert.is_some() || config.tls_server_name.is_some()) {
+        return bad("--cacert and --tls-server-name apply to https URLs only".into());
+    }
     Ok(())
 }
 
@@ -309,10 +409,22 @@ fn run_prefix() -> String {
 /// Runs the benchmark.
 pub fn run(config: &RunConfig) -> Result<Report, RunError> {
     validate(config)?;
-    let (address, host) = parse_url(&config.url)?;
+    let url = parse_url(&config.url)?;
+    let tls = match (&config.cacert, url.tls) {
+        (Some(cacert), true) => {
+            let settings = TlsSettings {
+                cacert: cacert.clone(),
+                server_name: config.tls_server_name.clone().unwrap_or_else(|| url.host.clone()),
+                resumption: config.tls_resumption,
+            };
+            Some(TlsClient::new(&settings).map_err(|error| RunError::Config(error.0))?)
+        }
+        _ => None,
+    };
+    let host = url.authority;
     let mix = config.scenario.mix(config.mix.clone());
     let strict = config.shard_aware || mix.needs_users();
-    let target = setup::discover(address, &host, strict).map_err(RunError::Setup)?;
+    let target = setup::discover(url.address, &host, tls, strict).map_err(RunError::Setup)?;
     if config.shard_aware && target.ranges.is_empty() {
         return Err(RunError::Config(
             "--shard-aware needs the server's cluster map (GET /v1/cluster), which this target does not have"
@@ -368,7 +480,12 @@ pub fn run(config: &RunConfig) -> Result<Report, RunError> {
         login_users: UserSet::new(login_users, target.shards),
         shards: target.shards,
         cross_shard_ratio: config.cross_shard_ratio,
-        host_header: format!("Host: {host}\r\n").into_bytes(),
+        // A new connection per request: every request asks the server to close.
+        host_header: if config.new_connection_per_request {
+            format!("Host: {host}\r\nConnection: close\r\n").into_bytes()
+        } else {
+            format!("Host: {host}\r\n").into_bytes()
+        },
         run_prefix: prefix,
         password: config.password.clone(),
         currency: config.currency.clone(),
@@ -427,6 +544,8 @@ fn run_workers(config: &RunConfig, target: &Target, workload: &Arc<Workload>) ->
             start_ns,
             measure_start_ns,
             end_ns,
+            tls: target.tls.as_ref().map(TlsClient::with_own_session_cache),
+            one_request_per_connection: config.new_connection_per_request,
         };
         let generator = Generator::new(Arc::clone(workload), thread, crate::rng::seed(thread + 1));
         let progress = Arc::clone(&progress[thread]);
@@ -513,11 +632,19 @@ fn build_report(config: &RunConfig, target: &Target, mix: &Mix, users: usize, me
     let mut cross_shard = 0;
     let mut errors_by_kind: BTreeMap<String, ErrorReport> = BTreeMap::new();
     let mut connects = 0;
+    let mut handshakes = 0;
+    let mut resumed = 0;
+    let mut negotiated = None;
     let mut send_lag = Latencies::new();
     for worker in &measured.workers {
         send_lag.merge(&worker.send_lag);
         cross_shard += worker.payments_cross_shard;
         connects += worker.connects;
+        handshakes += worker.handshakes;
+        resumed += worker.resumed_handshakes;
+        if negotiated.is_none() {
+            negotiated.clone_from(&worker.negotiated);
+        }
         for (name, error) in &worker.errors {
             let entry = errors_by_kind.entry(name.clone()).or_insert_with(|| ErrorReport {
                 count: 0,
@@ -592,6 +719,26 @@ fn build_report(config: &RunConfig, target: &Target, mix: &Mix, users: usize, me
             .map(|time| cpu_report(config.server_pid, time)),
         connects,
         client_send_lag_us: config.rate.map(|_| send_lag.summary()),
+        tls: target.tls.as_ref().map(|tls| TlsReport {
+            server_name: tls.settings().server_name.clone(),
+            cacert: tls.settings().cacert.display().to_string(),
+            resumption: tls.settings().resumption,
+            negotiated,
+        }),
+        new_connection_per_request: config.new_connection_per_request,
+        handshakes: HandshakeReport {
+            completed: handshakes,
+            per_second: handshakes as f64 / duration_s,
+            resumed: target.tls.is_some().then_some(resumed),
+            resumed_share: (target.tls.is_some() && handshakes > 0)
+                .then(|| resumed as f64 / handshakes as f64),
+            server_cpu_us_per_handshake: measured
+                .server_cpu
+                .filter(|_| handshakes > 0)
+                .map(|time| time.total_us() as f64 / handshakes as f64),
+            client_cpu_us_per_handshake: (handshakes > 0)
+                .then(|| measured.client_cpu.total_us() as f64 / handshakes as f64),
+        },
     }
 }
 
@@ -600,17 +747,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_give_address_and_host() {
-        let (address, host) = parse_url("http://127.0.0.1:8080/ignored").unwrap();
-        assert_eq!(address, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(host, "127.0.0.1:8080");
-        let (address, _) = parse_url("http://127.0.0.1").unwrap();
-        assert_eq!(address.port(), 80);
+    fn urls_give_address_host_and_scheme() {
+        let url = parse_url("http://127.0.0.1:8080/ignored").unwrap();
+        assert_eq!(url.address, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(url.authority, "127.0.0.1:8080");
+        assert_eq!(url.host, "127.0.0.1");
+        assert!(!url.tls);
+        assert_eq!(parse_url("http://127.0.0.1").unwrap().address.port(), 80);
+        let url = parse_url("https://127.0.0.1:8443").unwrap();
+        assert!(url.tls);
+        assert_eq!((url.address.port(), url.host.as_str()), (8443, "127.0.0.1"));
+        let url = parse_url("https://localhost/x").unwrap();
+        assert_eq!((url.address.port(), url.host.as_str()), (443, "localhost"));
+        assert_eq!(url.authority, "localhost");
+        let url = parse_url("https://[::1]:8443").unwrap();
+        assert_eq!((url.address.port(), url.host.as_str()), (8443, "::1"));
         for bad in [
-            "https://127.0.0.1:8443",
+            "ftp://127.0.0.1:8443",
             "127.0.0.1:8080",
             "http://",
             "http://:80",
+            "https://",
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
@@ -630,6 +787,19 @@ mod tests {
             (|c| c.duration = Duration::ZERO, "--duration"),
             (|c| c.users = 0, "--users"),
             (|c| c.cross_shard_ratio = Some(1.5), "--cross-shard-ratio"),
+            (
+                |c| {
+                    c.new_connection_per_request = true;
+                    c.depth = 2;
+                },
+                "--depth must be 1",
+            ),
+            (|c| c.url = "https://127.0.0.1:1".into(), "--cacert PATH"),
+            (|c| c.cacert = Some("ca.pem".into()), "apply to https URLs only"),
+            (
+                |c| c.tls_server_name = Some("localhost".into()),
+                "apply to https URLs only",
+            ),
         ];
         for (change, want) in cases {
             let mut config = base.clone();

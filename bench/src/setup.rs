@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::client::{BlockingClient, Reply};
 use crate::scenario::User;
+use crate::tls::TlsClient;
 
 /// Slots of the cluster's hash space (the API contract's `slots`).
 pub const SLOT_COUNT: u16 = 16384;
@@ -57,6 +58,8 @@ pub struct Target {
     pub shards: usize,
     /// Slot ranges, empty when the server has no `/v1/cluster`.
     pub ranges: Vec<ShardRange>,
+    /// https: the TLS client for the public port and the shard ports.
+    pub tls: Option<TlsClient>,
 }
 
 impl Target {
@@ -85,8 +88,13 @@ struct ClusterMap {
 /// Reads the cluster map; a server without `/v1/cluster` (404) is one shard. Unless `strict`
 /// (the run needs the map: users or shard-aware connections), a server that answers the path
 /// with something else (a bare benchmark loop answers every path alike) is one shard too.
-pub fn discover(address: SocketAddr, host: &str, strict: bool) -> Result<Target, SetupError> {
-    let mut client = BlockingClient::new(address, host);
+pub fn discover(
+    address: SocketAddr,
+    host: &str,
+    tls: Option<TlsClient>,
+    strict: bool,
+) -> Result<Target, SetupError> {
+    let mut client = BlockingClient::new(address, host, tls.clone());
     let reply = client
         .request("GET", "/v1/cluster", &[], None)
         .map_err(|error| SetupError(format!("GET /v1/cluster on {address}: {error}")))?;
@@ -95,6 +103,7 @@ pub fn discover(address: SocketAddr, host: &str, strict: bool) -> Result<Target,
         host: host.to_string(),
         shards: 1,
         ranges: Vec::new(),
+        tls,
     };
     match reply.status {
         200 if !strict && serde_json::from_slice::<ClusterMap>(&reply.body).is_err() => {}
@@ -224,7 +233,7 @@ pub fn create_users(target: &Target, plan: &UserPlan) -> Result<Vec<User>, Setup
     std::thread::scope(|scope| {
         for _ in 0..plan.connections.clamp(1, names.len().max(1)) {
             scope.spawn(|| {
-                let mut client = BlockingClient::new(target.address, &target.host);
+                let mut client = BlockingClient::new(target.address, &target.host, target.tls.clone());
                 loop {
                     if failure.lock().expect("no panics hold this lock").is_some() {
                         return;
@@ -426,6 +435,7 @@ mod tests {
                     port: 7101,
                 },
             ],
+            tls: None,
         }
     }
 

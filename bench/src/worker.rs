@@ -6,6 +6,16 @@
 //! connection follows its own [`Schedule`] and sends every request when due (at most `depth` in
 //! flight); a `timerfd` wakes the thread for the earliest due request, and latency is measured
 //! from the due time. Nothing here blocks but `epoll_wait`.
+//!
+//! https: each connection drives a rustls `ClientConnection` (sans I/O) over its socket: TLS
+//! records are read with `read_tls`, decrypted by `process_new_packets`, and the plaintext is
+//! copied into the same input buffer the plain path reads into; requests go from the output
+//! buffer into rustls's `writer()` and out with `write_tls`. The plain path is unchanged.
+//!
+//! New connection per request (`one_request_per_connection`): each connection sends one request
+//! (with `Connection: close`, written by the generator), reads the answer, waits for the server to
+//! close (so the server, not the client, keeps the TIME_WAIT), and reconnects at once: a TCP
+//! connect and, over TLS, a full or resumed handshake per request.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
@@ -18,11 +28,13 @@ use std::time::Duration;
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use rustls::ClientConnection;
 
 use crate::clock::now_ns;
 use crate::http::{parse_response, Body, RESPONSE_BYTES_MAX};
 use crate::latency::{Latencies, Schedule};
 use crate::scenario::{check, CheckError, Expect, Generator, Kind, KINDS};
+use crate::tls::{resumed, Negotiated, TlsClient};
 
 /// Bytes each connection reads at once (grown for a larger response, up to the response limit).
 const INPUT_BYTES: usize = 64 * 1024;
@@ -67,6 +79,10 @@ pub struct WorkerPlan {
     pub measure_start_ns: u64,
     /// When the run ends.
     pub end_ns: u64,
+    /// https: the TLS client (with this worker's own session cache).
+    pub tls: Option<TlsClient>,
+    /// Each connection sends one request, then closes and reconnects.
+    pub one_request_per_connection: bool,
 }
 
 /// Counters the main thread reads for its progress line.
@@ -109,6 +125,13 @@ pub struct WorkerResult {
     pub payments_cross_shard: u64,
     /// Connections opened (including reconnects).
     pub connects: u64,
+    /// Connections set up in the measured window: the TCP connect done and, over TLS, the
+    /// handshake done.
+    pub handshakes: u64,
+    /// Of those, TLS handshakes that resumed a session.
+    pub resumed_handshakes: u64,
+    /// What the first TLS handshake agreed on.
+    pub negotiated: Option<Negotiated>,
     /// Open loop: how late the client wrote each request of the measured window, after its due
     /// time or after its connection got room for it, whichever is later.
     pub send_lag: Latencies,
@@ -141,7 +164,17 @@ struct InFlight {
 struct Connection {
     plan: ConnectionPlan,
     stream: Option<TcpStream>,
+    /// https: the TLS state of the open connection (boxed: a kilobyte, which plain connections
+    /// need not carry).
+    tls: Option<Box<ClientConnection>>,
+    /// The TCP connect is done (the TLS handshake may still be going on).
     connected: bool,
+    /// The connection's set-up has been counted (TCP connect, TLS handshake).
+    handshake_counted: bool,
+    /// When the connection was opened (the start of a one-request connection's request).
+    connect_start_ns: u64,
+    /// The server said `Connection: close` to the last request: waiting for its FIN.
+    closing: bool,
     out: Vec<u8>,
     out_position: usize,
     input: Vec<u8>,
@@ -194,7 +227,11 @@ impl Worker {
             .map(|(index, connection)| Connection {
                 plan: connection.clone(),
                 stream: None,
+                tls: None,
                 connected: false,
+                handshake_counted: false,
+                connect_start_ns: 0,
+                closing: false,
                 out: Vec::with_capacity(4096),
                 out_position: 0,
                 input: vec![0; INPUT_BYTES],
@@ -266,11 +303,15 @@ impl Worker {
             if now >= self.plan.end_ns {
                 break;
             }
+            // The earliest reconnection still to come (u64::MAX: none).
+            let mut next_reconnect_ns = u64::MAX;
             if self.reconnects_pending > 0 {
-                self.reconnect_due(now);
+                next_reconnect_ns = self.reconnect_due(now);
             }
             let mut next_wake = self.plan.end_ns.min(now + POLL_WAIT_MAX.as_nanos() as u64);
-            if self.timer.is_some() {
+            if self.timer.is_none() {
+                next_wake = next_wake.min(next_reconnect_ns);
+            } else {
                 // Connections that get an answer send what is due themselves; the others are
                 // visited only when the earliest of their due times has come.
                 if now >= self.next_due_ns {
@@ -279,10 +320,12 @@ impl Worker {
                     }
                     self.next_due_ns = self.next_due().unwrap_or(u64::MAX);
                 }
-                if self.next_due_ns <= now + SPIN_BEFORE_DUE_NS {
+                // A new connection per request opens each connection when its request is due.
+                let due = self.next_due_ns.min(next_reconnect_ns);
+                if due <= now + SPIN_BEFORE_DUE_NS {
                     next_wake = now;
-                } else if self.next_due_ns < next_wake {
-                    self.arm_timer(self.next_due_ns - SPIN_BEFORE_DUE_NS / 2)?;
+                } else if due < next_wake {
+                    self.arm_timer(due - SPIN_BEFORE_DUE_NS / 2)?;
                 }
             }
             let timeout = Duration::from_nanos(next_wake.saturating_sub(now));
@@ -316,33 +359,79 @@ impl Worker {
     }
 
     /// Opens the connections whose reconnect time has come.
-    fn reconnect_due(&mut self, now: u64) {
+    /// Opens the connections whose reconnect time has come; returns the earliest reconnect time
+    /// still to come (`u64::MAX`: none).
+    fn reconnect_due(&mut self, now: u64) -> u64 {
+        let mut next = u64::MAX;
         for index in 0..self.connections.len() {
-            let connection = &mut self.connections[index];
-            match connection.reconnect_at_ns {
-                Some(at) if at <= now => {
-                    connection.reconnect_at_ns = None;
-                    self.reconnects_pending -= 1;
-                }
-                _ => continue,
+            if self.connections[index]
+                .reconnect_at_ns
+                .is_some_and(|at| at <= now)
+            {
+                self.open(index, now);
             }
-            let address = connection.plan.address;
-            match TcpStream::connect(address) {
-                Ok(mut stream) => {
-                    let interest = Interest::READABLE | Interest::WRITABLE;
-                    if let Err(error) = self.poll.registry().register(&mut stream, Token(index), interest) {
-                        self.fail_connection(index, "connect", format!("{address}: {error}"), now);
-                        continue;
-                    }
-                    let connection = &mut self.connections[index];
-                    connection.stream = Some(stream);
-                    connection.connected = false;
-                    self.result.connects += 1;
-                }
-                Err(error) => {
+            // Still to come (or, if the connect failed at once, to be retried).
+            if let Some(at) = self.connections[index].reconnect_at_ns {
+                next = next.min(at);
+            }
+        }
+        next
+    }
+
+    /// Opens connection `index` (a non-blocking connect; over TLS the ClientHello is queued).
+    fn open(&mut self, index: usize, now: u64) {
+        let connection = &mut self.connections[index];
+        if connection.reconnect_at_ns.take().is_some() {
+            self.reconnects_pending -= 1;
+        }
+        let address = connection.plan.address;
+        let tls = match self
+            .plan
+            .tls
+            .as_ref()
+            .map(|tls| tls.connect().map(Box::new))
+            .transpose()
+        {
+            Ok(tls) => tls,
+            Err(error) => {
+                self.fail_connection(index, "tls", format!("{address}: {error}"), now);
+                return;
+            }
+        };
+        match TcpStream::connect(address) {
+            Ok(mut stream) => {
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                if let Err(error) = self.poll.registry().register(&mut stream, Token(index), interest) {
                     self.fail_connection(index, "connect", format!("{address}: {error}"), now);
+                    return;
                 }
+                let connection = &mut self.connections[index];
+                connection.stream = Some(stream);
+                connection.tls = tls;
+                connection.connected = false;
+                connection.handshake_counted = false;
+                connection.closing = false;
+                connection.connect_start_ns = now;
+                self.result.connects += 1;
             }
+            Err(error) => {
+                self.fail_connection(index, "connect", format!("{address}: {error}"), now);
+            }
+        }
+    }
+
+    /// A one-request connection is done: closes it and opens the next one at once (so that
+    /// the session ticket it just got is there for the next handshake, and no connection waits
+    /// for the others of its poll round). Open loop: when its next request is due, so that the
+    /// request's latency, from its due time, includes the connection's set-up.
+    fn reopen(&mut self, index: usize, now: u64) {
+        let at = match &self.connections[index].schedule {
+            Some(schedule) => schedule.next_due_ns().max(now),
+            None => now,
+        };
+        self.close(index, at);
+        if at == now && now < self.plan.end_ns {
+            self.open(index, now);
         }
     }
 
@@ -374,18 +463,50 @@ impl Worker {
             let _ = stream.set_nodelay(true);
             connection.connected = true;
             connection.room_since_ns = now;
+            if connection.tls.is_none() {
+                // Plain: the connection is set up (over TLS: when the handshake is done).
+                connection.handshake_counted = true;
+                self.count_handshake(index, now);
+            }
             if self.timer.is_some() {
                 self.issue_due(index, now);
             } else {
+                // A one-request connection's request includes the connection's set-up. Over TLS
+                // the requests wait in rustls until the handshake is done.
+                let start_ns = if self.plan.one_request_per_connection {
+                    self.connections[index].connect_start_ns
+                } else {
+                    now
+                };
                 while self.connections[index].in_flight.len() < self.plan.depth {
-                    self.push_request(index, now);
+                    self.push_request_at(index, start_ns);
                 }
             }
         }
         self.flush(index, now);
     }
 
+    /// Counts a connection whose set-up (TCP connect, TLS handshake) is done at `now`.
+    fn count_handshake(&mut self, index: usize, now: u64) {
+        let measuring = now >= self.plan.measure_start_ns && now < self.plan.end_ns;
+        if let Some(tls) = &self.connections[index].tls {
+            if self.result.negotiated.is_none() {
+                self.result.negotiated = Some(Negotiated::of(tls));
+            }
+            if measuring && resumed(tls) {
+                self.result.resumed_handshakes += 1;
+            }
+        }
+        if measuring {
+            self.result.handshakes += 1;
+        }
+    }
+
     fn on_readable(&mut self, index: usize) {
+        if self.connections[index].tls.is_some() {
+            self.on_readable_tls(index);
+            return;
+        }
         loop {
             let connection = &mut self.connections[index];
             let Some(stream) = &mut connection.stream else {
@@ -394,23 +515,25 @@ impl Worker {
             if !connection.connected {
                 return;
             }
-            if connection.input_end == connection.input.len() {
-                // Full: make room by moving the unparsed part to the front, else grow.
-                if connection.input_start > 0 {
-                    connection
-                        .input
-                        .copy_within(connection.input_start..connection.input_end, 0);
-                    connection.input_end -= connection.input_start;
-                    connection.input_start = 0;
-                } else if connection.input.len() < RESPONSE_BYTES_MAX + INPUT_BYTES {
-                    let grown = connection.input.len() * 2;
-                    connection.input.resize(grown, 0);
-                }
-            }
+            make_room(
+                &mut connection.input,
+                &mut connection.input_start,
+                &mut connection.input_end,
+            );
             let space = connection.input.len() - connection.input_end;
             let read = stream.read(&mut connection.input[connection.input_end..]);
             let now = now_ns();
             match read {
+                Ok(0) if connection.closing => {
+                    // The server closed after its `Connection: close` answer, as it should.
+                    self.reopen(index, now);
+                    return;
+                }
+                Ok(_) if connection.closing => {
+                    // Bytes after a `Connection: close` answer: ignored; wait for the FIN.
+                    connection.input_start = 0;
+                    connection.input_end = 0;
+                }
                 Ok(0) => {
                     let pending = connection.in_flight.len();
                     self.fail_connection(
@@ -427,8 +550,9 @@ impl Worker {
                         return;
                     }
                     self.flush(index, now);
-                    if read < space {
-                        // The socket is drained: edge-triggered epoll reports the next bytes.
+                    if read < space && !self.connections[index].closing {
+                        // The socket is drained: edge-triggered epoll reports the next bytes. (A
+                        // closing connection reads on: its FIN may be there already.)
                         return;
                     }
                 }
@@ -438,6 +562,118 @@ impl Worker {
                     self.fail_connection(index, "read", error.to_string(), now);
                     return;
                 }
+            }
+        }
+    }
+
+    /// https: reads TLS records, processes them (handshake, alerts, tickets, application data),
+    /// moves the plaintext into the input buffer, and handles the responses in it.
+    fn on_readable_tls(&mut self, index: usize) {
+        loop {
+            let connection = &mut self.connections[index];
+            let (Some(stream), Some(tls)) = (&mut connection.stream, &mut connection.tls) else {
+                return;
+            };
+            if !connection.connected {
+                return;
+            }
+            let mut socket = ShortReadProbe { stream, short: false };
+            let read = tls.read_tls(&mut socket);
+            let drained = socket.short;
+            let now = now_ns();
+            // Ok(0): the TCP stream ended, or a close_notify came earlier.
+            let mut peer_closed = match read {
+                Ok(read) => read == 0,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    self.fail_connection(index, "read", error.to_string(), now);
+                    return;
+                }
+            };
+            if let Err(error) = tls.process_new_packets() {
+                // Tell the server why (the alert rustls queued), then report rustls's words.
+                let _ = tls.write_tls(stream);
+                let address = connection.plan.address;
+                self.fail_connection(index, "tls", format!("{address}: {error}"), now);
+                return;
+            }
+            let handshake_done = !connection.handshake_counted && !tls.is_handshaking();
+            if handshake_done {
+                connection.handshake_counted = true;
+            }
+            let mut too_large = false;
+            loop {
+                make_room(
+                    &mut connection.input,
+                    &mut connection.input_start,
+                    &mut connection.input_end,
+                );
+                let Some(space) = connection
+                    .input
+                    .get_mut(connection.input_end..)
+                    .filter(|space| !space.is_empty())
+                else {
+                    too_large = true;
+                    break;
+                };
+                match tls.reader().read(space) {
+                    Ok(0) => {
+                        // close_notify.
+                        peer_closed = true;
+                        break;
+                    }
+                    Ok(read) => connection.input_end += read,
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                    Err(error) if error.kind() == ErrorKind::UnexpectedEof => {
+                        // The TCP stream ended without close_notify.
+                        peer_closed = true;
+                        break;
+                    }
+                    Err(error) => {
+                        self.fail_connection(index, "read", error.to_string(), now);
+                        return;
+                    }
+                }
+            }
+            if handshake_done {
+                self.count_handshake(index, now);
+            }
+            if too_large {
+                let error = crate::http::FramingError::TooLarge;
+                self.fail_connection(index, "framing", error.to_string(), now);
+                return;
+            }
+            let connection = &mut self.connections[index];
+            if connection.closing {
+                connection.input_start = 0;
+                connection.input_end = 0;
+            } else if connection.input_end > connection.input_start && !self.take_responses(index, now) {
+                return;
+            }
+            // Handshake messages, and requests waiting in rustls for the handshake's end.
+            self.flush(index, now);
+            let connection = &self.connections[index];
+            if connection.stream.is_none() {
+                return;
+            }
+            if peer_closed {
+                if connection.closing {
+                    self.reopen(index, now);
+                } else {
+                    let pending = connection.in_flight.len();
+                    self.fail_connection(
+                        index,
+                        "closed_by_server",
+                        format!("the server closed the connection with {pending} request(s) in flight"),
+                        now,
+                    );
+                }
+                return;
+            }
+            if drained && !connection.closing {
+                // The socket is drained: edge-triggered epoll reports the next bytes.
+                return;
             }
         }
     }
@@ -514,9 +750,20 @@ impl Worker {
                         format!("Connection: close with {pending} request(s) in flight"),
                         now,
                     );
+                } else if self.plan.one_request_per_connection {
+                    // The server closes first (and keeps the TIME_WAIT): reconnect on its FIN.
+                    connection.closing = true;
+                    connection.input_start = 0;
+                    connection.input_end = 0;
+                    return true;
                 } else {
                     self.close(index, now);
                 }
+                return false;
+            }
+            if self.plan.one_request_per_connection {
+                // The server kept the connection open despite `Connection: close`: close it.
+                self.close_gracefully(index, now);
                 return false;
             }
             // The next request: closed loop replaces each answer, open loop sends what is due.
@@ -589,6 +836,41 @@ impl Worker {
         let Some(stream) = &mut connection.stream else {
             return;
         };
+        if let Some(tls) = &mut connection.tls {
+            // Requests into rustls (which holds them until the handshake is done, and takes at
+            // most its buffer limit), TLS records out to the socket.
+            loop {
+                if connection.out_position < connection.out.len() {
+                    match tls.writer().write(&connection.out[connection.out_position..]) {
+                        Ok(written) => connection.out_position += written,
+                        Err(error) => {
+                            self.fail_connection(index, "write", error.to_string(), now);
+                            return;
+                        }
+                    }
+                    if connection.out_position == connection.out.len() {
+                        connection.out.clear();
+                        connection.out_position = 0;
+                    }
+                }
+                if !tls.wants_write() {
+                    return;
+                }
+                match tls.write_tls(stream) {
+                    Ok(0) => {
+                        self.fail_connection(index, "write", "wrote 0 bytes".into(), now);
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => return,
+                    Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                    Err(error) => {
+                        self.fail_connection(index, "write", error.to_string(), now);
+                        return;
+                    }
+                }
+            }
+        }
         while connection.out_position < connection.out.len() {
             match stream.write(&connection.out[connection.out_position..]) {
                 Ok(0) => {
@@ -629,12 +911,24 @@ impl Worker {
         self.close(index, now + RECONNECT_WAIT_NS);
     }
 
+    /// Closes a connection after telling a TLS server (close_notify), and reconnects at once.
+    fn close_gracefully(&mut self, index: usize, now: u64) {
+        let connection = &mut self.connections[index];
+        if let (Some(stream), Some(tls)) = (&mut connection.stream, &mut connection.tls) {
+            tls.send_close_notify();
+            let _ = tls.write_tls(stream);
+        }
+        self.reopen(index, now);
+    }
+
     /// Closes a connection and schedules its reconnection at `reconnect_at_ns`.
     fn close(&mut self, index: usize, reconnect_at_ns: u64) {
         let connection = &mut self.connections[index];
         if let Some(mut stream) = connection.stream.take() {
             let _ = self.poll.registry().deregister(&mut stream);
         }
+        connection.tls = None;
+        connection.closing = false;
         connection.connected = false;
         connection.in_flight.clear();
         connection.out.clear();
@@ -687,6 +981,36 @@ impl Worker {
             unsafe { libc::read(timer.as_raw_fd(), expirations.as_mut_ptr().cast(), 8) };
             self.timer_armed_ns = 0;
         }
+    }
+}
+
+/// When a connection's input buffer is full, makes room: moves the unparsed part to the front,
+/// else grows the buffer (up to the response limit).
+fn make_room(input: &mut Vec<u8>, input_start: &mut usize, input_end: &mut usize) {
+    if *input_end == input.len() {
+        if *input_start > 0 {
+            input.copy_within(*input_start..*input_end, 0);
+            *input_end -= *input_start;
+            *input_start = 0;
+        } else if input.len() < RESPONSE_BYTES_MAX + INPUT_BYTES {
+            let grown = input.len() * 2;
+            input.resize(grown, 0);
+        }
+    }
+}
+
+/// The socket as rustls reads it, noting a short read: the socket is drained, and edge-triggered
+/// epoll reports the next bytes (no read just to see `WouldBlock`).
+struct ShortReadProbe<'a> {
+    stream: &'a mut TcpStream,
+    short: bool,
+}
+
+impl Read for ShortReadProbe<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.stream.read(buf)?;
+        self.short = read < buf.len();
+        Ok(read)
     }
 }
 
