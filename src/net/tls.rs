@@ -282,10 +282,15 @@ impl Acceptor {
         if let Some(ticketer) = ticketer {
             server.ticketer = ticketer;
         }
-        if !stateless && config.session_cache_entries == 0 {
+        server.send_tls13_tickets = if !stateless && config.session_cache_entries == 0 {
             // Nothing could resume: do not send TLS 1.3 tickets that would never work.
-            server.send_tls13_tickets = 0;
-        }
+            0
+        } else {
+            // One, not rustls's default two: a client spends one ticket per resumption and every
+            // handshake, resumed ones included, hands it a new one. Each ticket costs the server
+            // a key derivation and an encryption (about 15 µs of a full handshake's 340 here).
+            1
+        };
         Ok(Acceptor {
             config: Arc::new(server),
             handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
