@@ -74,6 +74,8 @@ pub struct LimitsConfig {
     pub trailer_bytes_max: usize,
     /// Most open connections per shard; further connections are accepted and closed at once.
     pub connections_per_shard_max: usize,
+    /// Most open connections from one client IP address per shard; 0: no limit.
+    pub connections_per_ip_max: usize,
     /// Response bytes buffered for one connection before they are written, even mid-pipeline.
     pub response_buffer_bytes_max: usize,
 }
@@ -88,8 +90,15 @@ pub struct TimeoutsConfig {
     pub idle_timeout_ms: u64,
     /// Longest wait for the next bytes of a request body; then 408 and close.
     pub body_read_timeout_ms: u64,
-    /// Longest wait for a client to accept response bytes; then the connection is closed.
+    /// Longest time writing one batch of responses may take (a client that does not read, or
+    /// reads too slowly); then the connection is closed.
     pub write_timeout_ms: u64,
+    /// Slowest average rate, in bytes per second, at which a request (head and body) may arrive
+    /// once `min_receive_rate_grace_ms` has passed since its first byte; slower is 408 and close.
+    /// 0: no minimum.
+    pub min_receive_bytes_per_second: u64,
+    /// Time a request may take before `min_receive_bytes_per_second` applies.
+    pub min_receive_rate_grace_ms: u64,
     /// After an error response that closes the connection, how long unread input is drained so the
     /// client can read the response instead of getting a reset.
     pub linger_timeout_ms: u64,
@@ -353,6 +362,7 @@ impl Default for LimitsConfig {
             body_bytes_max: 1024 * 1024,
             trailer_bytes_max: 4 * 1024,
             connections_per_shard_max: 10_000,
+            connections_per_ip_max: 1000,
             response_buffer_bytes_max: 256 * 1024,
         }
     }
@@ -366,6 +376,8 @@ impl Default for TimeoutsConfig {
             body_read_timeout_ms: 30_000,
             write_timeout_ms: 30_000,
             linger_timeout_ms: 2_000,
+            min_receive_bytes_per_second: 1024,
+            min_receive_rate_grace_ms: 5000,
         }
     }
 }

@@ -82,6 +82,8 @@ pub struct ShardMetrics {
     pub connections_accepted: Cell<u64>,
     /// Connections closed at once because the shard was at its limit or draining.
     pub connections_rejected: Cell<u64>,
+    /// Connections closed at once because their client address had its share of the shard.
+    pub connections_rejected_ip: Cell<u64>,
     /// Failed accept calls (EMFILE and the like).
     pub accept_errors: Cell<u64>,
     /// argon2id computations started (hashes at signup, verifications at login).
@@ -114,6 +116,7 @@ impl ShardMetrics {
             latency: Histogram::new(),
             connections_accepted: Cell::new(0),
             connections_rejected: Cell::new(0),
+            connections_rejected_ip: Cell::new(0),
             accept_errors: Cell::new(0),
             password_checks: Cell::new(0),
             tls_handshakes_full: Cell::new(0),
@@ -170,6 +173,7 @@ impl ShardMetrics {
             connections_open: connections_open as u64,
             connections_accepted: self.connections_accepted.get(),
             connections_rejected: self.connections_rejected.get(),
+            connections_rejected_ip: self.connections_rejected_ip.get(),
             accept_errors: self.accept_errors.get(),
             password_checks: self.password_checks.get(),
             tls_handshakes_full: self.tls_handshakes_full.get(),
@@ -222,6 +226,8 @@ pub struct Snapshot {
     pub connections_accepted: u64,
     /// Connections refused at the limit.
     pub connections_rejected: u64,
+    /// Connections refused at the per-address limit.
+    pub connections_rejected_ip: u64,
     /// Failed accepts.
     pub accept_errors: u64,
     /// argon2id computations started.
@@ -308,7 +314,7 @@ pub fn render(snapshots: &[Snapshot]) -> String {
             snapshot.shard, cumulative
         );
     }
-    let simple: [(&str, &str, &str, Gauge); 12] = [
+    let simple: [(&str, &str, &str, Gauge); 13] = [
         (
             "shardpay_connections_open",
             "gauge",
@@ -326,6 +332,12 @@ pub fn render(snapshots: &[Snapshot]) -> String {
             "counter",
             "Connections closed at once because the shard was at its connection limit or draining.",
             |s| s.connections_rejected,
+        ),
+        (
+            "shardpay_connections_rejected_ip_total",
+            "counter",
+            "Connections closed at once because their client address had limits.connections_per_ip_max on the shard.",
+            |s| s.connections_rejected_ip,
         ),
         (
             "shardpay_accept_errors_total",

@@ -365,6 +365,106 @@ fn stalled_body_gets_408() {
     expect_408_then_close(&mut client, "chunked body stalled between chunks");
 }
 
+/// Long per-read deadlines and a minimum receive rate of 100 bytes/s after 300 ms: only the rate
+/// can end a request that trickles.
+const MIN_RATE: &[(&str, &str)] = &[
+    ("SHARDPAY_TIMEOUTS_HEADER_READ_TIMEOUT_MS", "60000"),
+    ("SHARDPAY_TIMEOUTS_BODY_READ_TIMEOUT_MS", "60000"),
+    ("SHARDPAY_TIMEOUTS_MIN_RECEIVE_BYTES_PER_SECOND", "100"),
+    ("SHARDPAY_TIMEOUTS_MIN_RECEIVE_RATE_GRACE_MS", "300"),
+];
+
+/// Sends `bytes` one at a time, `pause` apart, on another thread, until the server hangs up.
+fn trickle(client: &Client, bytes: &'static [u8], pause: Duration) -> std::thread::JoinHandle<()> {
+    let mut writer = client.stream.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for byte in bytes {
+            if writer.write_all(std::slice::from_ref(byte)).is_err() {
+                return;
+            }
+            std::thread::sleep(pause);
+        }
+    })
+}
+
+#[test]
+fn a_head_or_body_arriving_below_the_minimum_rate_gets_408() {
+    let server = Server::start(1, MIN_RATE);
+    // A head trickled at 10 bytes/s, long before its 60 s header deadline.
+    let mut client = patient(&server);
+    let sender = trickle(
+        &client,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
+        Duration::from_millis(100),
+    );
+    expect_408_then_close(&mut client, "slow head");
+    drop(client);
+    sender.join().unwrap();
+    // A body trickled at 10 bytes/s after a quick head.
+    let mut client = patient(&server);
+    client.send(b"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 60\r\n\r\n");
+    let sender = trickle(&client, &[b'x'; 60], Duration::from_millis(100));
+    expect_408_then_close(&mut client, "slow body");
+    drop(client);
+    sender.join().unwrap();
+    // The server still serves.
+    assert_eq!(patient(&server).get("/healthz").status, 200);
+}
+
+#[test]
+fn a_request_arriving_in_pieces_above_the_minimum_rate_is_served() {
+    let server = Server::start(1, MIN_RATE);
+    let mut client = patient(&server);
+    // 150 bytes in five pieces over 0.8 s: allowed 0.3 s + 150 / 100 s.
+    let request: &[u8] = b"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 80\r\n\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+    for piece in request.chunks(request.len().div_ceil(5)) {
+        client.send(piece);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let response = client.read_response();
+    assert_ne!(response.status, 408, "{}", response.text());
+    // And a keep-alive connection that idles between requests is not held to the rate.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(client.get("/healthz").status, 200);
+}
+
+#[test]
+fn a_client_that_reads_too_slowly_is_cut_at_the_write_deadline() {
+    let server = Server::start(1, &[("SHARDPAY_TIMEOUTS_WRITE_TIMEOUT_MS", "500")]);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // A small receive window, so the server's writes block soon.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let address: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    socket.connect(&address.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_write_timeout(Some(PATIENCE)).unwrap();
+    // Pipelined requests for about 15 MB of answers: more than the kernel buffers hold.
+    let request = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".repeat(3000);
+    let _ = stream.write_all(&request);
+    // Read slowly, 4 KiB every 50 ms (80 KB/s): each of the server's sends makes progress, but
+    // a batch of answers takes far longer than the 500 ms its write may take, so the server cuts
+    // the connection (reading all 15 MB this way would take over three minutes).
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut total = 0usize;
+    let mut buffer = vec![0u8; 4096];
+    let ended = loop {
+        if Instant::now() > until {
+            break false;
+        }
+        match stream.read(&mut buffer) {
+            Ok(0) => break true,
+            Ok(n) => total += n,
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(ended, "a slow reader kept the connection ({total} bytes read)");
+    assert!(total < 15_000_000);
+    assert_eq!(patient(&server).get("/healthz").status, 200);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Connections.
 
@@ -430,6 +530,61 @@ fn connections_beyond_the_shard_limit_are_closed_at_once() {
     );
     // And the limit holds again.
     assert!(patient(&server).closed(), "the limit applies again");
+    assert_eq!(second.get("/healthz").status, 200);
+}
+
+/// A connection to `port` from the loopback address `source`, with a read timeout.
+fn connect_from(source: &str, port: u16) -> Client {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    socket.connect(&address.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    Client::from_stream(stream)
+}
+
+#[test]
+fn connections_beyond_the_per_address_limit_are_closed_while_other_addresses_are_served() {
+    let server = Server::start(1, &[("SHARDPAY_LIMITS_CONNECTIONS_PER_IP_MAX", "2")]);
+    // From 127.0.0.2 (the readiness probes came from 127.0.0.1): two are served...
+    let mut first = connect_from("127.0.0.2", server.port);
+    assert_eq!(first.get("/healthz").status, 200);
+    let mut second = connect_from("127.0.0.2", server.port);
+    assert_eq!(second.get("/healthz").status, 200);
+    // ...a third from the same address is closed unanswered...
+    let mut third = connect_from("127.0.0.2", server.port);
+    third.send_lossy(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(
+        third.try_read_response(false).is_none(),
+        "over the per-address limit"
+    );
+    // ...while another address is served.
+    let mut other = connect_from("127.0.0.3", server.port);
+    assert_eq!(other.get("/healthz").status, 200);
+    let metrics = other.get("/metrics").text();
+    assert!(
+        metric(&metrics, "shardpay_connections_rejected_ip_total") >= 1,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "shardpay_connections_rejected_total"),
+        0,
+        "{metrics}"
+    );
+    // Once one closes, the address may connect again.
+    drop(first);
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let mut again = connect_from("127.0.0.2", server.port);
+        again.send_lossy(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+        if again.try_read_response(false).is_some() {
+            break;
+        }
+        assert!(Instant::now() < until, "the address never got its slot back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(second.get("/healthz").status, 200);
 }
 

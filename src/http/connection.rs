@@ -72,6 +72,11 @@ pub struct Settings {
     pub body_read_timeout: Duration,
     /// How long unread input is drained before closing after an error.
     pub linger_timeout: Duration,
+    /// Slowest average rate at which a request (head and body) may arrive, once
+    /// `min_receive_rate_grace` has passed since its first byte; 0: no minimum.
+    pub min_receive_bytes_per_second: u64,
+    /// Time a request may take before the minimum rate applies.
+    pub min_receive_rate_grace: Duration,
 }
 
 impl Settings {
@@ -92,6 +97,8 @@ impl Settings {
             idle_timeout: Duration::from_millis(timeouts.idle_timeout_ms),
             body_read_timeout: Duration::from_millis(timeouts.body_read_timeout_ms),
             linger_timeout: Duration::from_millis(timeouts.linger_timeout_ms),
+            min_receive_bytes_per_second: timeouts.min_receive_bytes_per_second,
+            min_receive_rate_grace: Duration::from_millis(timeouts.min_receive_rate_grace_ms),
         }
     }
 }
@@ -220,6 +227,8 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
     // The header deadline of the first request runs from the connection's start.
     let mut head_started = Instant::now();
     let mut batch_started = head_started;
+    // Bytes received for the request in progress, for the minimum receive rate.
+    let mut received = 0u64;
     loop {
         let mut served = 0usize;
         if !input.is_empty() {
@@ -339,6 +348,7 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
             }
             // A pipelined request that follows arrived in the same read as this one, or later.
             head_started = batch_started;
+            received = input.bytes().len() as u64;
             if closes {
                 break Next::Close { linger: false };
             }
@@ -384,6 +394,15 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
             },
             Wait::Body(_) => settings.body_read_timeout,
         };
+        // Mid-request, the request must also keep arriving at the minimum average rate.
+        let timeout = match (wait, min_rate_left(settings, head_started, received)) {
+            (Wait::Idle, _) | (_, None) => timeout,
+            (_, Some(left)) if left.is_zero() => {
+                timed_out(transport, handler, control, settings).await;
+                return;
+            }
+            (_, Some(left)) => timeout.min(left),
+        };
         let wanted = match wait {
             Wait::Body(end) => end,
             _ => settings.head.header_bytes_max + 1,
@@ -394,7 +413,9 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
             Ok(count) => {
                 if wait == Wait::Idle {
                     head_started = Instant::now();
+                    received = 0;
                 }
+                received += count as u64;
                 batch_started = Instant::now();
                 input.filled(count);
             }
@@ -405,6 +426,18 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
             Err(_) => return,
         }
     }
+}
+
+/// Time left before a request that started at `started` and has `received` bytes so far falls
+/// below the minimum receive rate: it may take the grace period plus one second per
+/// `min_receive_bytes_per_second` bytes. `None` when there is no minimum.
+fn min_rate_left(settings: &Settings, started: Instant, received: u64) -> Option<Duration> {
+    let rate = settings.min_receive_bytes_per_second;
+    if rate == 0 {
+        return None;
+    }
+    let allowed = settings.min_receive_rate_grace + Duration::from_secs_f64(received as f64 / rate as f64);
+    Some(allowed.saturating_sub(started.elapsed()))
 }
 
 fn reject<H: Handler, C: Control>(

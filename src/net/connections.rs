@@ -1,14 +1,17 @@
-//! The shard's set of open connections: the per-shard limit, coarse read deadlines, and graceful
-//! drain. Shard-local (`Rc`/`Cell`), never shared between threads.
+//! The shard's set of open connections: the per-shard and per-client-IP limits, coarse read and
+//! write deadlines, and graceful drain. Shard-local (`Rc`/`Cell`), never shared between threads.
 //!
-//! Deadlines cost a connection two `Cell` writes per read: it arms a deadline on the shard's
-//! coarse clock before reading and disarms it after. The shard's ticker ([`Connections::tick`])
-//! advances the clock and expires overdue connections by shutting their read side, which ends the
-//! pending read; the connection then sees [`Registration::expired`]. No timer is registered per
-//! read. Deadlines fire between their duration and that plus two ticks.
+//! Deadlines cost a connection two `Cell` writes per read or write: it arms a deadline on the
+//! shard's coarse clock before the operation and disarms it after. The shard's ticker
+//! ([`Connections::tick`]) advances the clock and expires overdue connections by shutting their
+//! read side (a pending read ends) or, for a write, both sides (a pending send fails); the
+//! connection then sees [`Registration::expired`]. No timer is registered per operation.
+//! Deadlines fire between their duration and that plus two ticks.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::poll_fn;
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -18,14 +21,22 @@ use std::time::{Duration, Instant};
 struct State {
     fd: RawFd,
     idle: Cell<bool>,
-    /// Coarse-clock millisecond at which the pending read expires; 0 when none is armed.
+    /// Coarse-clock millisecond at which the pending read or write expires; 0 when none is armed.
     deadline_ms: Cell<u64>,
+    /// The armed deadline is a write's.
+    writing: Cell<bool>,
     expired: Cell<bool>,
+    /// The client's address, counted in `per_ip`.
+    ip: Option<IpAddr>,
 }
 
 /// Open connections of one shard.
 pub struct Connections {
     max: usize,
+    /// Most connections from one client IP address; 0: no limit.
+    per_ip_max: usize,
+    /// Open connections per client IP address (only while `per_ip_max` is set).
+    per_ip: RefCell<HashMap<IpAddr, u32>>,
     tick: Duration,
     epoch: Instant,
     /// Milliseconds since `epoch`, as of the last tick.
@@ -39,10 +50,13 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// At most `max` open connections; deadlines are checked every `tick`.
-    pub fn new(max: usize, tick: Duration) -> Rc<Connections> {
+    /// At most `max` open connections, `per_ip_max` of them from one client address (0: no
+    /// limit); deadlines are checked every `tick`.
+    pub fn new(max: usize, per_ip_max: usize, tick: Duration) -> Rc<Connections> {
         Rc::new(Connections {
             max,
+            per_ip_max,
+            per_ip: RefCell::new(HashMap::new()),
             tick,
             epoch: Instant::now(),
             now_ms: Cell::new(0),
@@ -54,16 +68,28 @@ impl Connections {
         })
     }
 
-    /// Registers a new connection, or `None` when the shard is at its limit or draining.
-    pub fn register(self: &Rc<Self>, fd: RawFd) -> Option<Registration> {
+    /// Registers a new connection from `peer`, or says why not: the shard is at its limit or
+    /// draining, or `peer` has its share of connections already.
+    pub fn register(self: &Rc<Self>, fd: RawFd, peer: Option<IpAddr>) -> Result<Registration, Refusal> {
         if self.open.get() >= self.max || self.draining.get() {
-            return None;
+            return Err(Refusal::Shard);
+        }
+        let ip = peer.filter(|_| self.per_ip_max > 0);
+        if let Some(ip) = ip {
+            let mut per_ip = self.per_ip.borrow_mut();
+            let count = per_ip.entry(ip).or_insert(0);
+            if *count as usize >= self.per_ip_max {
+                return Err(Refusal::Ip);
+            }
+            *count += 1;
         }
         let state = Rc::new(State {
             fd,
             idle: Cell::new(false),
             deadline_ms: Cell::new(0),
+            writing: Cell::new(false),
             expired: Cell::new(false),
+            ip,
         });
         let index = match self.free.borrow_mut().pop() {
             Some(index) => {
@@ -77,7 +103,7 @@ impl Connections {
             }
         };
         self.open.set(self.open.get() + 1);
-        Some(Registration {
+        Ok(Registration {
             connections: self.clone(),
             state,
             index,
@@ -103,7 +129,11 @@ impl Connections {
             let deadline = state.deadline_ms.get();
             if deadline != 0 && deadline <= now && !state.expired.get() {
                 state.expired.set(true);
-                shut_read(state.fd);
+                if state.writing.get() {
+                    shut_both(state.fd);
+                } else {
+                    shut_read(state.fd);
+                }
             }
         }
     }
@@ -174,6 +204,23 @@ fn shut_read(fd: RawFd) {
     }
 }
 
+/// Shuts both sides of a connection, so its pending send fails.
+fn shut_both(fd: RawFd) {
+    // SAFETY: as for `shut_read`.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
+/// Why a connection was not registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The shard is at `limits.connections_per_shard_max`, or draining.
+    Shard,
+    /// The client's address is at `limits.connections_per_ip_max` on this shard.
+    Ip,
+}
+
 /// A connection's membership in [`Connections`]; dropping it unregisters the connection.
 pub struct Registration {
     connections: Rc<Connections>,
@@ -214,8 +261,19 @@ impl Registration {
         }
     }
 
+    /// Arms a write deadline `timeout` from now: when it passes, the connection is shut.
+    pub fn arm_write(&self, timeout: Duration) {
+        self.state.writing.set(true);
+        self.arm_deadline(timeout);
+    }
+
     /// Arms a read deadline `timeout` from now (rounded up to the shard's tick).
     pub fn arm(&self, timeout: Duration) {
+        self.state.writing.set(false);
+        self.arm_deadline(timeout);
+    }
+
+    fn arm_deadline(&self, timeout: Duration) {
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX / 2);
         let tick_ms = self.connections.tick.as_millis() as u64;
         // The clock may be up to one tick old: add a tick so a deadline never fires early.
@@ -241,6 +299,15 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        if let Some(ip) = self.state.ip {
+            let mut per_ip = self.connections.per_ip.borrow_mut();
+            if let Some(count) = per_ip.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
         self.connections.slots.borrow_mut()[self.index] = None;
         self.connections.free.borrow_mut().push(self.index);
         let open = self.connections.open.get() - 1;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures_lite::AsyncWriteExt;
 use socket2::{Domain, Protocol, Socket, Type};
 
-pub use connections::{Connections, Presence, Registration};
+pub use connections::{Connections, Presence, Refusal, Registration};
 
 use crate::http::connection::{self, Settings, Transport};
 use crate::http::Handler;
@@ -73,19 +73,23 @@ pub struct Stream {
     inner: glommio::net::TcpStream,
     registration: Registration,
     peer: Option<std::net::IpAddr>,
+    write_timeout: Duration,
 }
 
 impl Stream {
-    fn new(inner: glommio::net::TcpStream, registration: Registration, write_timeout: Duration) -> Stream {
+    fn new(
+        inner: glommio::net::TcpStream,
+        registration: Registration,
+        peer: Option<std::net::IpAddr>,
+        write_timeout: Duration,
+    ) -> Stream {
         // Responses are written whole; Nagle would only delay them.
         let _ = inner.set_nodelay(true);
-        // glommio arms this timer only when a write would block, so it costs nothing otherwise.
-        let _ = inner.set_write_timeout(Some(write_timeout));
-        let peer = inner.peer_addr().ok().map(|address| address.ip());
         Stream {
             inner,
             registration,
             peer,
+            write_timeout,
         }
     }
 
@@ -107,7 +111,15 @@ impl Transport for Stream {
     }
 
     async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.inner.write_all(bytes).await
+        // The whole write has one deadline (a client that reads slowly cannot hold the
+        // connection and its buffers by reading a byte now and then), on the coarse clock.
+        self.registration.arm_write(self.write_timeout);
+        let result = self.inner.write_all(bytes).await;
+        self.registration.disarm();
+        match result {
+            Err(_) if self.registration.expired() => Err(io::ErrorKind::TimedOut.into()),
+            other => other,
+        }
     }
 
     async fn shutdown_write(&mut self) {
@@ -123,8 +135,9 @@ impl Transport for Stream {
 }
 
 /// Accepts on `listener` until the shard drains, serving every connection with `handler` in its
-/// own task, over TLS when `tls` is given. Connections beyond the shard's limit are accepted and
-/// closed at once; a connection counts against the limit from its accept, handshake included.
+/// own task, over TLS when `tls` is given. Connections beyond the shard's limit, or beyond the
+/// client address's share of it, are accepted and closed at once; a connection counts against
+/// the limits from its accept, handshake included.
 pub async fn accept_loop<H: Handler + 'static>(
     listener: Listener,
     tls: Option<Rc<tls::Acceptor>>,
@@ -163,12 +176,18 @@ pub async fn accept_loop<H: Handler + 'static>(
                 continue;
             }
         };
-        let Some(registration) = connections.register(stream.as_raw_fd()) else {
-            metrics
-                .connections_rejected
-                .set(metrics.connections_rejected.get() + 1);
-            drop(stream);
-            continue;
+        let peer = stream.peer_addr().ok().map(|address| address.ip());
+        let registration = match connections.register(stream.as_raw_fd(), peer) {
+            Ok(registration) => registration,
+            Err(refusal) => {
+                let counter = match refusal {
+                    Refusal::Shard => &metrics.connections_rejected,
+                    Refusal::Ip => &metrics.connections_rejected_ip,
+                };
+                counter.set(counter.get() + 1);
+                drop(stream);
+                continue;
+            }
         };
         metrics
             .connections_accepted
@@ -182,7 +201,7 @@ pub async fn accept_loop<H: Handler + 'static>(
                 presence: registration.presence(),
                 metrics,
             };
-            let mut stream = Stream::new(stream, registration, write_timeout);
+            let mut stream = Stream::new(stream, registration, peer, write_timeout);
             match tls {
                 None => connection::serve(&mut stream, &*handler, &control, &settings).await,
                 Some(acceptor) => serve_tls(stream, &acceptor, &*handler, &control, &settings).await,

@@ -458,7 +458,11 @@ impl Launch {
                 let cluster = shard_cluster;
                 let (first_slot, last_slot) = slot_range(shard, shards);
                 let metrics = Rc::new(ShardMetrics::new(shard, shards, routes));
-                let connections = Connections::new(config.limits.connections_per_shard_max, TICK);
+                let connections = Connections::new(
+                    config.limits.connections_per_shard_max,
+                    config.limits.connections_per_ip_max,
+                    TICK,
+                );
                 let reply_timeout = Duration::from_millis(config.mesh.reply_timeout_ms);
                 let (mesh, receivers) = ends.connect(reply_timeout, metrics.clone()).await;
                 let info = ShardInfo {

@@ -324,6 +324,15 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client on an already connected stream.
+    pub fn from_stream(stream: TcpStream) -> Client {
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
     pub fn connect(port: u16) -> Client {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         stream.set_nodelay(true).unwrap();
