@@ -4,11 +4,22 @@
 //! At most `in_flight_max` jobs of one shard run at once and at most `queued_max` wait; beyond
 //! that [`Offload::run`] refuses at once with [`OffloadError::Busy`] (the caller answers 503), so
 //! a flood cannot build an unbounded queue or starve the shard. Shard-local.
+//!
+//! Offloaded work comes second to serving: jobs wait for their permit and their result in a
+//! task queue of their own with a tenth of the default queue's shares, and the blocking threads
+//! run at nice [`BLOCKING_NICE`], so when a core is contended the kernel gives the shard threads
+//! about ten times the CPU of a hashing thread. A login flood then slows logins, not payments.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::rc::Rc;
 
 use glommio::sync::Semaphore;
+use glommio::{Latency, Shares, TaskQueueHandle};
+
+/// Nice value of the threads that run offloaded work (the shard threads run at 0).
+pub const BLOCKING_NICE: i32 = 10;
+/// Shares of the offload task queue (glommio's default queue has 1000).
+const OFFLOAD_SHARES: usize = 100;
 
 /// Why offloaded work did not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +34,8 @@ pub struct Offload {
     permits: Rc<Semaphore>,
     queued: Cell<usize>,
     queued_max: usize,
+    /// The low-priority task queue, made on first use (it needs the shard's executor).
+    queue: OnceCell<TaskQueueHandle>,
 }
 
 impl Offload {
@@ -32,6 +45,7 @@ impl Offload {
             permits: Rc::new(Semaphore::new(in_flight_max.max(1) as u64)),
             queued: Cell::new(0),
             queued_max,
+            queue: OnceCell::new(),
         }
     }
 
@@ -46,23 +60,61 @@ impl Offload {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let permit = match self.permits.try_acquire_permit(1) {
+        let permit = match self.permits.try_acquire_static_permit(1) {
             Ok(permit) => permit,
             Err(_) => {
                 if self.queued.get() >= self.queued_max {
                     return Err(OffloadError::Busy);
                 }
                 self.queued.set(self.queued.get() + 1);
-                let permit = self.permits.acquire_permit(1).await;
+                let permit = self.permits.acquire_static_permit(1).await;
                 self.queued.set(self.queued.get() - 1);
                 // The semaphore is never closed while the shard runs.
                 permit.map_err(|_| OffloadError::Busy)?
             }
         };
-        let result = glommio::executor().spawn_blocking(work).await;
-        drop(permit);
-        Ok(result)
+        let queue = *self.queue.get_or_init(|| {
+            glommio::executor().create_task_queue(
+                Shares::Static(OFFLOAD_SHARES),
+                Latency::NotImportant,
+                "offload",
+            )
+        });
+        // The wait for the blocking thread runs in the offload task queue, holding the permit.
+        let job = glommio::spawn_local_into(
+            async move {
+                let result = glommio::executor()
+                    .spawn_blocking(move || {
+                        lower_thread_priority();
+                        work()
+                    })
+                    .await;
+                drop(permit);
+                result
+            },
+            queue,
+        )
+        .map_err(|_| OffloadError::Busy)?;
+        Ok(job.await)
     }
+}
+
+/// Lowers the calling blocking thread to [`BLOCKING_NICE`], once per thread.
+fn lower_thread_priority() {
+    thread_local! {
+        static LOWERED: Cell<bool> = const { Cell::new(false) };
+    }
+    LOWERED.with(|lowered| {
+        if !lowered.replace(true) {
+            // SAFETY: gettid(2) and setpriority(2) on the calling thread only (Linux applies
+            // PRIO_PROCESS with a thread id to that thread). Failure leaves the priority as it
+            // was, which is harmless.
+            unsafe {
+                let thread = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, thread, BLOCKING_NICE);
+            }
+        }
+    });
 }
 
 #[cfg(test)]
@@ -118,5 +170,27 @@ mod tests {
             .unwrap()
             .join();
         outcome.unwrap();
+    }
+
+    #[test]
+    fn work_runs_at_a_lower_priority_than_the_shard() {
+        let outcome = LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(1 << 16)
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
+            .spawn(|| async {
+                let offload = Offload::new(1, 1);
+                // SAFETY: getpriority(2) of the calling thread; errno is not consulted because
+                // the expected values are not -1.
+                let nice = || unsafe {
+                    libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t)
+                };
+                let shard_nice = nice();
+                let work_nice = offload.run(nice).await.unwrap();
+                (shard_nice, work_nice)
+            })
+            .unwrap()
+            .join();
+        let (shard_nice, work_nice) = outcome.unwrap();
+        assert_eq!(work_nice, BLOCKING_NICE, "the shard thread runs at {shard_nice}");
     }
 }
