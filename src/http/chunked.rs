@@ -2,9 +2,10 @@
 //!
 //! The decoder is resumable: the connection feeds it the body bytes received so far, it picks up
 //! where it stopped, so a body that trickles in byte by byte costs linear time. It is strict: chunk
-//! sizes are bare hex digits (no `0x`, `_`, sign or spaces) that must fit in a u64, every line ends
-//! in CRLF, and a CR or other control byte inside a chunk extension is an error. It never reads a
-//! socket and never allocates beyond the decoded body, which it bounds.
+//! sizes are bare hex digits (no `0x`, `_`, sign or spaces) that must fit in a u64, only white
+//! space (BWS) may separate them from a `;` or the line's end, every line ends in CRLF, and a CR
+//! or other control byte inside a chunk extension is an error. It never reads a socket and never
+//! allocates beyond the decoded body, which it bounds.
 
 /// Why a chunked body was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,8 @@ enum State {
     SizeStart,
     /// Inside the hex digits.
     Size,
+    /// White space after the hex digits: only more of it, `;` or CR may follow.
+    SizeSpace,
     /// Inside chunk extensions, after the size.
     Extension,
     /// After the size line's CR.
@@ -112,9 +115,13 @@ impl ChunkedDecoder {
                 State::Size => match byte {
                     b'\r' => State::SizeLf,
                     b'\n' => return Err(ChunkedError::Invalid("invalid_chunk_line")),
-                    b';' | b' ' | b'\t' => {
+                    b';' => {
                         self.extension_bytes = 1;
                         State::Extension
+                    }
+                    b' ' | b'\t' => {
+                        self.extension_bytes = 1;
+                        State::SizeSpace
                     }
                     _ => {
                         let digit = hex_value(byte).ok_or(ChunkedError::Invalid("invalid_chunk_size"))?;
@@ -125,6 +132,23 @@ impl ChunkedDecoder {
                             .ok_or(ChunkedError::Invalid("chunk_size_overflow"))?;
                         State::Size
                     }
+                },
+                // `1 0` is 1 to a parser that stops at the space and 0x10 to one that drops it.
+                State::SizeSpace => match byte {
+                    b'\r' => State::SizeLf,
+                    b'\n' => return Err(ChunkedError::Invalid("invalid_chunk_line")),
+                    b' ' | b'\t' | b';' => {
+                        self.extension_bytes += 1;
+                        if self.extension_bytes > EXTENSION_BYTES_MAX {
+                            return Err(ChunkedError::Invalid("chunk_extension_too_long"));
+                        }
+                        if byte == b';' {
+                            State::Extension
+                        } else {
+                            State::SizeSpace
+                        }
+                    }
+                    _ => return Err(ChunkedError::Invalid("invalid_chunk_size")),
                 },
                 State::Extension => match byte {
                     b'\r' => State::SizeLf,
@@ -346,6 +370,41 @@ mod tests {
         assert_eq!(
             decoder.decode(trailer, &mut Vec::new(), 10, 10),
             Err(ChunkedError::TooLarge)
+        );
+    }
+
+    /// Regression: after white space, anything up to the CR was taken for a chunk extension, so
+    /// `1 0` was a chunk of 1 byte here and of 0x10 bytes to a parser that drops the space.
+    #[test]
+    fn only_white_space_and_extensions_follow_a_chunk_size() {
+        for bad in [
+            &b"1 0\r\nX\r\n0\r\n\r\n"[..],
+            b"5 x\r\n",
+            b"5\t5\r\n",
+            b"5 =1\r\n",
+            b"5 \x00\r\n",
+        ] {
+            assert_eq!(
+                decode_all(bad),
+                Err(ChunkedError::Invalid("invalid_chunk_size")),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            decode_all(b"5 \n"),
+            Err(ChunkedError::Invalid("invalid_chunk_line"))
+        );
+        for good in [
+            &b"5 \r\nhello\r\n0\r\n\r\n"[..],
+            b"5 \t ;a=1\r\nhello\r\n0 ;b\r\n\r\n",
+        ] {
+            assert_eq!(decode_all(good).unwrap().unwrap().0, b"hello");
+        }
+        let spaces = format!("5{}\r\n", " ".repeat(EXTENSION_BYTES_MAX + 1));
+        assert_eq!(
+            decode_all(spaces.as_bytes()),
+            Err(ChunkedError::Invalid("chunk_extension_too_long"))
         );
     }
 }

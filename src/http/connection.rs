@@ -250,7 +250,7 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
                 Ok(Some(head)) => head,
                 Ok(None) => break Next::Read(Wait::Head),
                 Err(error) => {
-                    reject(handler, control, error, None, &mut output);
+                    reject(handler, control, error, None, false, &mut output);
                     break Next::Close { linger: true };
                 }
             };
@@ -270,6 +270,7 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
                             control,
                             RequestError::BodyTooLarge,
                             request_id(),
+                            head.method == Method::Head,
                             &mut output,
                         );
                         break Next::Close { linger: true };
@@ -314,7 +315,8 @@ pub async fn serve<T: Transport, H: Handler, C: Control>(
                                 ChunkedError::TooLarge => RequestError::BodyTooLarge,
                                 ChunkedError::Invalid(code) => RequestError::BadRequest(code),
                             };
-                            reject(handler, control, error, request_id(), &mut output);
+                            let head_only = head.method == Method::Head;
+                            reject(handler, control, error, request_id(), head_only, &mut output);
                             break Next::Close { linger: true };
                         }
                     }
@@ -440,15 +442,18 @@ fn min_rate_left(settings: &Settings, started: Instant, received: u64) -> Option
     Some(allowed.saturating_sub(started.elapsed()))
 }
 
+/// Encodes the refusal of a request (closing the connection). `head_only` when the refused
+/// request is a parsed HEAD: its answer has no body (RFC 9110 §9.3.2).
 fn reject<H: Handler, C: Control>(
     handler: &H,
     control: &C,
     error: RequestError,
     request_id: Option<&[u8]>,
+    head_only: bool,
     output: &mut Vec<u8>,
 ) {
     control.observe_rejection(error);
-    let mut response = Response::new(output, false, true, super::Version::Http11);
+    let mut response = Response::new(output, head_only, true, super::Version::Http11);
     handler.reject(error, request_id, &mut response);
 }
 
@@ -460,7 +465,7 @@ async fn timed_out<T: Transport, H: Handler, C: Control>(
     settings: &Settings,
 ) {
     let mut output = Vec::new();
-    reject(handler, control, RequestError::Timeout, None, &mut output);
+    reject(handler, control, RequestError::Timeout, None, false, &mut output);
     if transport.write_all(&output).await.is_ok() {
         close(transport, true, settings.linger_timeout).await;
     }

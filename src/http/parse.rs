@@ -176,7 +176,9 @@ fn check_partial(buffer: &[u8], limits: HeadLimits) -> Result<(), RequestError> 
     let start = leading_empty_lines(buffer);
     let line_window = &buffer[start..buffer.len().min(start + limits.request_line_bytes_max + 2)];
     let line_complete = line_window.contains(&b'\n');
-    if !line_complete && buffer.len() - start > limits.request_line_bytes_max {
+    // A CR received last may begin the line's CRLF: it is not part of the line (yet).
+    let line_received = buffer.len() - start - usize::from(buffer.ends_with(b"\r"));
+    if !line_complete && line_received > limits.request_line_bytes_max {
         return Err(RequestError::UriTooLong);
     }
     if line_complete && request_line(buffer).len() > limits.request_line_bytes_max {
@@ -231,7 +233,9 @@ fn classify_error(buffer: &[u8]) -> RequestError {
                 && version[6] == b'.'
                 && version[7].is_ascii_digit()
                 && line.iter().filter(|&&b| b == b' ').count() == 2;
-            if well_formed_version {
+            // A supported version with a bad method or target is a malformed line, not 505.
+            let supported = version == b"HTTP/1.0" || version == b"HTTP/1.1";
+            if well_formed_version && !supported {
                 RequestError::VersionNotSupported
             } else {
                 RequestError::BadRequest("invalid_request_line")
@@ -616,5 +620,40 @@ mod tests {
             rejected("GET  / HTTP/1.1\r\nHost: x\r\n\r\n"),
             RequestError::BadRequest("invalid_request_line")
         );
+    }
+
+    /// Regression: a bad target (NUL, tab, non-UTF-8 byte, empty) on an HTTP/1.1 request line
+    /// was answered 505 "only HTTP/1.0 and HTTP/1.1 are supported" instead of 400.
+    #[test]
+    fn a_bad_target_with_a_supported_version_is_not_505() {
+        let bad = RequestError::BadRequest("invalid_request_line");
+        for raw in [
+            &b"GET /a\x00b HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+            b"GET /a\tb HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"GET /\xff HTTP/1.0\r\n\r\n",
+            b"GET  HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"G\x01T / HTTP/1.1\r\nHost: t\r\n\r\n",
+        ] {
+            let mut headers = [const { MaybeUninit::uninit() }; 16];
+            let error = parse_head(raw, &mut headers, LIMITS).expect_err("refused");
+            assert_eq!(error, bad, "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    /// Found by the `http_head` fuzz target: a request line of exactly the maximum length was
+    /// refused 414 when a read ended right after its CR (the CR was counted as part of the line).
+    #[test]
+    fn a_read_ending_after_the_cr_of_a_longest_request_line_waits() {
+        let raw = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(64 - 14));
+        for cut in 0..raw.len() {
+            assert_eq!(parse(&raw[..cut]), Ok(None), "first {cut} bytes");
+        }
+        assert_eq!(parse(&raw).unwrap().unwrap().2, raw.len());
+        // One byte more is too long, whether its CR has arrived or not.
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(65 - 14));
+        assert_eq!(parse(&long[..64]), Ok(None));
+        assert_eq!(rejected(&long[..65]), RequestError::UriTooLong);
+        assert_eq!(rejected(&long[..66]), RequestError::UriTooLong);
+        assert_eq!(rejected(&long), RequestError::UriTooLong);
     }
 }
