@@ -879,9 +879,18 @@ fn kill_loop(purpose: &str, shard_counts: &[usize], seed: u64) {
     );
 }
 
+/// Twenty kill cycles with a fixed seed; `scripts/reliability.sh` sets RELIABILITY_KILL_CYCLES
+/// and RELIABILITY_SEED for longer, varied runs.
 #[test]
 fn kill_9_loop_loses_no_acknowledged_payment() {
-    kill_loop("kill9", &[2; 21], 0x5EED_0001);
+    let number = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|value| value.parse::<u64>().ok())
+    };
+    let cycles = number("RELIABILITY_KILL_CYCLES").unwrap_or(20).clamp(1, 10_000) as usize;
+    let seed = number("RELIABILITY_SEED").unwrap_or(0x5EED_0001);
+    kill_loop("kill9", &vec![2; cycles + 1], seed);
 }
 
 /// Resharding right after a crash: credits still in a shard's outbox must reach payees whose
