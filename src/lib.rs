@@ -8,6 +8,8 @@ pub mod api;
 pub mod auth;
 pub mod certgen;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod home;
 pub mod http;
 pub mod logging;

@@ -128,16 +128,17 @@ pub fn parse_head<'b>(
             check_partial(buffer, limits)?;
             return Ok(None);
         }
-        Err(httparse::Error::TooManyHeaders) => return Err(RequestError::HeaderTooLarge),
+        Err(httparse::Error::TooManyHeaders) => {
+            // The request line is complete (fields follow it) and, as everywhere, judged first.
+            check_partial(buffer, limits)?;
+            return Err(RequestError::HeaderTooLarge);
+        }
         Err(_) => {
             // Too long is what the client must fix first, whatever else is wrong.
             check_partial(buffer, limits)?;
             return Err(classify_error(buffer));
         }
     };
-    if length > limits.header_bytes_max {
-        return Err(RequestError::HeaderTooLarge);
-    }
     let method_token = request.method.unwrap_or("");
     let target = request.path.unwrap_or("");
     // httparse (strict) accepts exactly `METHOD SP TARGET SP HTTP/1.x`, so the line's length
@@ -149,6 +150,10 @@ pub fn parse_head<'b>(
     };
     if line_length > limits.request_line_bytes_max {
         return Err(RequestError::UriTooLong);
+    }
+    // After the line, as `check_partial` does: a head still arriving gets the same answer.
+    if length > limits.header_bytes_max {
+        return Err(RequestError::HeaderTooLarge);
     }
     let method = Method::from_token(method_token);
     let version = match request.version {
@@ -655,5 +660,34 @@ mod tests {
         assert_eq!(rejected(&long[..65]), RequestError::UriTooLong);
         assert_eq!(rejected(&long[..66]), RequestError::UriTooLong);
         assert_eq!(rejected(&long), RequestError::UriTooLong);
+    }
+
+    /// Found by the `http_head` fuzz target: a head with both a too-long request line and too
+    /// many bytes (or fields) was 431 when it arrived whole but 414 when a read ended inside it
+    /// (a partial head is judged on its line first). Now the line comes first in every case.
+    #[test]
+    fn a_long_line_in_a_large_head_is_414_however_it_arrives() {
+        let raw = format!(
+            "GET /{} HTTP/1.1\r\nHost: x\r\nX-A: {}\r\n\r\n",
+            "a".repeat(60),
+            "b".repeat(300)
+        );
+        for cut in [65, 66, 100, 257, raw.len()] {
+            assert_eq!(
+                rejected(&raw[..cut]),
+                RequestError::UriTooLong,
+                "first {cut} bytes"
+            );
+        }
+        // The same with more fields than header slots (16 here).
+        let many: String = (0..20).map(|i| format!("X-{i}: a\r\n")).collect();
+        let raw = format!("GET /{} HTTP/1.1\r\nHost: x\r\n{many}\r\n", "a".repeat(60));
+        for cut in [65, 100, raw.len()] {
+            assert_eq!(
+                rejected(&raw[..cut]),
+                RequestError::UriTooLong,
+                "first {cut} bytes"
+            );
+        }
     }
 }

@@ -136,4 +136,45 @@ mod tests {
             assert!(decode(&damaged).is_none(), "bit {bit} flipped");
         }
     }
+
+    /// From fuzzing (`wal_record`, under an allocator that aborts on any allocation above
+    /// 64 MiB): length prefixes claiming 2^60 records, a 2^60-byte body or a 2^60-byte key, in a
+    /// frame with a valid checksum, allocate nothing near that (serde preallocates at most 1 MiB
+    /// per sequence, and bincode checks a string's length against the bytes left): the payload
+    /// just does not decode.
+    #[test]
+    fn huge_length_prefixes_in_a_valid_frame_do_not_allocate() {
+        let framed = |payload: &[u8]| {
+            let mut bytes = vec![0u8; HEADER_BYTES];
+            bytes[0..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes[8..16].copy_from_slice(&1u64.to_le_bytes());
+            bytes[16..24].copy_from_slice(&1u64.to_le_bytes());
+            bytes.extend_from_slice(payload);
+            let crc = checksum(&bytes);
+            bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        let huge = (1u64 << 60).to_le_bytes();
+        let record = Record::Idempotency(Change::Completed {
+            scope: Scope::Admin,
+            key: "k".to_string(),
+            status: 201,
+            body: vec![7; 3],
+        });
+        let payload = bincode::serialize(&vec![record]).unwrap();
+        let end = payload.len();
+        // The record count, the body's length (before its 3 bytes), the key's length (before "k").
+        let key_length = payload
+            .windows(9)
+            .position(|w| w == b"\x01\0\0\0\0\0\0\0k")
+            .unwrap();
+        for at in [0, end - 3 - 8, key_length] {
+            let mut damaged = payload.clone();
+            damaged[at..at + 8].copy_from_slice(&huge);
+            let bytes = framed(&damaged);
+            let frame = decode(&bytes).expect("the checksum is valid");
+            assert_eq!(frame.records(), None, "length at {at}");
+        }
+        assert_eq!(decode(&framed(&payload)).unwrap().records().unwrap().len(), 1);
+    }
 }
