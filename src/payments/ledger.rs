@@ -31,9 +31,23 @@ pub const AMOUNT_MAX: u64 = 1_000_000_000_000_000;
 /// Longest payment description, in characters.
 pub const DESCRIPTION_CHARS_MAX: usize = 200;
 
-/// An ISO 4217 currency code (three upper-case letters).
+/// An ISO 4217 currency code (three upper-case letters). Decoding checks it too, so a log or
+/// snapshot from elsewhere cannot make [`Currency::as_str`] panic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "[u8; 3]")]
 pub struct Currency([u8; 3]);
+
+impl TryFrom<[u8; 3]> for Currency {
+    type Error = String;
+
+    fn try_from(bytes: [u8; 3]) -> Result<Currency, String> {
+        if bytes.iter().all(u8::is_ascii_uppercase) {
+            Ok(Currency(bytes))
+        } else {
+            Err(format!("not a currency code: {bytes:?}"))
+        }
+    }
+}
 
 impl Currency {
     /// The code, if it is three ASCII upper-case letters.
@@ -1005,6 +1019,18 @@ mod tests {
 
     fn usd() -> Currency {
         Currency::parse("USD").unwrap()
+    }
+
+    /// Found by the `wal_record` fuzz target's review: a stored currency was decoded unchecked,
+    /// and `as_str` panicked on one that was not ASCII.
+    #[test]
+    fn a_stored_currency_is_checked_when_decoded() {
+        let encoded = bincode::serialize(&usd()).unwrap();
+        assert_eq!(encoded, b"USD");
+        assert_eq!(bincode::deserialize::<Currency>(&encoded).unwrap(), usd());
+        for bad in [&b"\xff\xfe\xfd"[..], b"usd", b"US1"] {
+            assert!(bincode::deserialize::<Currency>(bad).is_err(), "{bad:?}");
+        }
     }
 
     fn deposit(ledger: &mut Ledger, id: &str, to: &UserId, amount: u64) {
