@@ -10,14 +10,12 @@
 //! - [`wal_recovery`]: recovery of a shard directory built from a script of frames and damage.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt::Debug;
-use std::io;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -26,8 +24,9 @@ use crate::api::json::parse_body;
 use crate::auth::state::{Event as AuthEvent, RevokeReason, User};
 use crate::config::Config;
 use crate::http::chunked::{ChunkedDecoder, ChunkedError};
-use crate::http::connection::{serve, Control, Settings, Transport};
-use crate::http::parse::{parse_head, Framing, Head, HeadLimits, Method, Version};
+use crate::http::connection::scripted::{Quiet, Script};
+use crate::http::connection::{serve, Settings};
+use crate::http::parse::{parse_head, trim, Framing, Head, HeadLimits, Method, Version};
 use crate::http::{Handler, Request, RequestError, Response};
 use crate::payments::idempotency::{Change, Scope};
 use crate::payments::ledger::{Currency, Event as LedgerEvent, Payment, Transfer};
@@ -113,19 +112,6 @@ pub fn parse_owned(bytes: &[u8], limits: HeadLimits, slots: usize) -> HeadOutcom
             })
         }
     }
-}
-
-/// Strips optional white space (SP / HTAB) from both ends.
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(start, |i| i + 1);
-    &bytes[start..end]
 }
 
 /// Bytes of the empty lines before the request line.
@@ -455,36 +441,6 @@ fn check_chunked(encoded: &[u8], cuts: &[usize], body_max: usize, trailer_max: u
     }
 }
 
-/// Reads come from a script, one entry per read; writes are collected.
-struct Script {
-    reads: VecDeque<Vec<u8>>,
-    written: Vec<u8>,
-    shut: bool,
-}
-
-impl Transport for Script {
-    async fn read(&mut self, buffer: &mut [u8], _timeout: Duration) -> io::Result<usize> {
-        let Some(mut chunk) = self.reads.pop_front() else {
-            return Ok(0);
-        };
-        let count = chunk.len().min(buffer.len());
-        buffer[..count].copy_from_slice(&chunk[..count]);
-        if count < chunk.len() {
-            self.reads.push_front(chunk.split_off(count));
-        }
-        Ok(count)
-    }
-
-    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.written.extend_from_slice(bytes);
-        Ok(())
-    }
-
-    async fn shutdown_write(&mut self) {
-        self.shut = true;
-    }
-}
-
 /// What the handler saw, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seen {
@@ -549,28 +505,13 @@ fn same_conversation(a: &Conversation, b: &Conversation) -> bool {
     a.0 == b.0 && a.2 == b.2 && a.1.len() == b.1.len() && a.1.iter().zip(&b.1).all(|(x, y)| x.same(y))
 }
 
-struct Quiet;
-
-impl Control for Quiet {
-    fn draining(&self) -> bool {
-        false
-    }
-    fn set_idle(&self, _idle: bool) {}
-    fn observe_batch(&self, _requests: usize, _elapsed: Duration) {}
-    fn observe_rejection(&self, _error: RequestError) {}
-}
-
 /// The interim response, which is sent only when a body is still to come after a read.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// What a connection fed `reads` wrote (without interim responses), what its handler saw, and
 /// whether it closed.
 fn converse(reads: Vec<Vec<u8>>, settings: &Settings) -> Conversation {
-    let mut script = Script {
-        reads: reads.into(),
-        written: Vec::new(),
-        shut: false,
-    };
+    let mut script = Script::new(reads);
     let echo = Echo {
         seen: RefCell::new(Vec::new()),
     };

@@ -535,13 +535,7 @@ impl Worker {
                     connection.input_end = 0;
                 }
                 Ok(0) => {
-                    let pending = connection.in_flight.len();
-                    self.fail_connection(
-                        index,
-                        "closed_by_server",
-                        format!("the server closed the connection with {pending} request(s) in flight"),
-                        now,
-                    );
+                    self.closed_by_server(index, now);
                     return;
                 }
                 Ok(read) => {
@@ -661,13 +655,7 @@ impl Worker {
                 if connection.closing {
                     self.reopen(index, now);
                 } else {
-                    let pending = connection.in_flight.len();
-                    self.fail_connection(
-                        index,
-                        "closed_by_server",
-                        format!("the server closed the connection with {pending} request(s) in flight"),
-                        now,
-                    );
+                    self.closed_by_server(index, now);
                 }
                 return;
             }
@@ -891,6 +879,17 @@ impl Worker {
     }
 
     /// Records a connection failure, fails its requests in flight, and reconnects later.
+    /// The server closed connection `index` while it still expected answers.
+    fn closed_by_server(&mut self, index: usize, now: u64) {
+        let pending = self.connections[index].in_flight.len();
+        self.fail_connection(
+            index,
+            "closed_by_server",
+            format!("the server closed the connection with {pending} request(s) in flight"),
+            now,
+        );
+    }
+
     fn fail_connection(&mut self, index: usize, kind: &str, detail: String, now: u64) {
         self.errors_total += 1;
         self.result.error(kind.to_string(), || detail);

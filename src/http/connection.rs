@@ -494,19 +494,36 @@ async fn close<T: Transport>(transport: &mut T, linger: bool, linger_timeout: Du
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::cell::RefCell;
+/// A driver without sockets, for tests and fuzzing: a scripted [`Transport`] and a [`Control`]
+/// that observes nothing.
+#[doc(hidden)]
+pub mod scripted {
     use std::collections::VecDeque;
+    use std::io;
+    use std::time::Duration;
 
-    use super::*;
-    use crate::config::Config;
+    use super::{Control, Transport};
+    use crate::http::RequestError;
 
     /// Reads come from a script, one chunk per read; writes are collected.
-    struct Script {
-        reads: VecDeque<Vec<u8>>,
-        written: Vec<u8>,
-        shut: bool,
+    pub struct Script {
+        /// What each read returns, in order (a chunk larger than the buffer is split); then 0.
+        pub reads: VecDeque<Vec<u8>>,
+        /// Every byte written.
+        pub written: Vec<u8>,
+        /// Whether the write side was shut.
+        pub shut: bool,
+    }
+
+    impl Script {
+        /// A transport whose reads return `reads` in order.
+        pub fn new(reads: Vec<Vec<u8>>) -> Script {
+            Script {
+                reads: reads.into(),
+                written: Vec::new(),
+                shut: false,
+            }
+        }
     }
 
     impl Transport for Script {
@@ -532,6 +549,28 @@ mod tests {
         }
     }
 
+    /// Never draining; observes nothing.
+    pub struct Quiet;
+
+    impl Control for Quiet {
+        fn draining(&self) -> bool {
+            false
+        }
+        fn set_idle(&self, _idle: bool) {}
+        fn observe_batch(&self, _requests: usize, _elapsed: Duration) {}
+        fn observe_rejection(&self, _error: RequestError) {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    use super::scripted::{Quiet, Script};
+    use super::*;
+    use crate::config::Config;
+
     /// Answers every request with its method, path and body.
     struct Echo {
         rejected: RefCell<Vec<RequestError>>,
@@ -548,17 +587,6 @@ mod tests {
             self.rejected.borrow_mut().push(error);
             response.send(error.status(), "text/plain", &[], error.code().as_bytes());
         }
-    }
-
-    struct Quiet;
-
-    impl Control for Quiet {
-        fn draining(&self) -> bool {
-            false
-        }
-        fn set_idle(&self, _idle: bool) {}
-        fn observe_batch(&self, _requests: usize, _elapsed: Duration) {}
-        fn observe_rejection(&self, _error: RequestError) {}
     }
 
     fn run(reads: Vec<Vec<u8>>, config: &Config) -> (Vec<String>, Vec<RequestError>, bool) {

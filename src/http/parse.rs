@@ -390,7 +390,7 @@ fn parse_content_length(value: &[u8]) -> Result<u64, RequestError> {
 }
 
 /// Strips optional white space (SP / HTAB) from both ends.
-fn trim(bytes: &[u8]) -> &[u8] {
+pub(crate) fn trim(bytes: &[u8]) -> &[u8] {
     let start = bytes
         .iter()
         .position(|&b| b != b' ' && b != b'\t')

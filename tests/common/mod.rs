@@ -121,15 +121,8 @@ impl Server {
         public: bool,
         shard_ports: bool,
     ) -> Server {
-        let tls_env = certs.env(public, shard_ports);
-        let mut all: Vec<(&str, &str)> = tls_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        all.extend_from_slice(env);
-        let listeners = TlsListeners {
-            client: tls::client_config(&certs.ca()),
-            public,
-            shard_ports,
-        };
-        Self::start_full(shards, &all, Some(listeners), |_| {})
+        let client = tls::client_config(&certs.ca());
+        Self::start_tls_checked_by(shards, env, certs, public, shard_ports, client)
     }
 
     /// As [`Server::start_tls`] for a certificate that clients refuse (expired, wrong host,
@@ -141,11 +134,24 @@ impl Server {
         public: bool,
         shard_ports: bool,
     ) -> Server {
+        let client = tls::accept_any_certificate();
+        Self::start_tls_checked_by(shards, env, certs, public, shard_ports, client)
+    }
+
+    /// A TLS server whose readiness is checked with `client`.
+    fn start_tls_checked_by(
+        shards: usize,
+        env: &[(&str, &str)],
+        certs: &tls::Certs,
+        public: bool,
+        shard_ports: bool,
+        client: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Server {
         let tls_env = certs.env(public, shard_ports);
         let mut all: Vec<(&str, &str)> = tls_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         all.extend_from_slice(env);
         let listeners = TlsListeners {
-            client: tls::accept_any_certificate(),
+            client,
             public,
             shard_ports,
         };
