@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod net;
 pub mod payments;
 pub mod ratelimit;
+pub mod segmap;
 pub mod server;
 pub mod shard;
 pub mod slots;

@@ -12,10 +12,11 @@
 //! [`Store::with_limits`]); for resharding [`Store::merge`] combines old shards' stores and
 //! [`Store::split`] divides one among new shards by a function of each key and its scope.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::segmap::SegMap;
 use crate::slots::UserId;
 
 /// Longest key, in characters (visible ASCII).
@@ -104,7 +105,7 @@ struct Entry {
 /// One shard's idempotency keys. Serializes whole, as a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Store {
-    entries: HashMap<(Scope, String), Entry>,
+    entries: SegMap<(Scope, String), Entry>,
     /// (expiry, scope, key), for dropping expired keys in order.
     expiry: BTreeSet<(u64, Scope, String)>,
     retention_ms: u64,
@@ -120,7 +121,7 @@ impl Store {
     /// Keeps each key `retention_ms` after it was first used; at most `entries_max` keys.
     pub fn new(retention_ms: u64, entries_max: usize) -> Store {
         Store {
-            entries: HashMap::new(),
+            entries: SegMap::new(),
             expiry: BTreeSet::new(),
             retention_ms,
             entries_max: entries_max.max(1),
@@ -347,6 +348,8 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use proptest::prelude::*;
 
     use super::*;

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::segmap::SegMap;
 use crate::slots::UserId;
 
 /// Largest amount of one deposit, payment or refund, in minor units (the contract's 10^15).
@@ -304,7 +305,7 @@ struct Outgoing {
 pub struct Ledger {
     balances: HashMap<(UserId, Currency), u64>,
     /// Payments where this shard's user is payer or payee.
-    payments: HashMap<String, Held>,
+    payments: SegMap<String, Held>,
     /// Per user: payment ids in the order they were recorded here (oldest first).
     history: HashMap<UserId, Vec<String>>,
     /// Credits sent to other shards and not yet acknowledged, by sequence number, oldest first.
@@ -313,7 +314,7 @@ pub struct Ledger {
     outbox_index: HashMap<String, u64>,
     next_outbox: u64,
     /// Transfers received from other shards (deduplication), with the user they credited.
-    received: HashMap<String, UserId>,
+    received: SegMap<String, UserId>,
     /// Refund ids and deposit ids used here.
     used_ids: HashSet<String>,
     /// Deposits to users of this shard, by id. No limit of its own: deposits are admin operations,
@@ -785,12 +786,11 @@ impl Ledger {
                     .expect("one user's balance held by two parts overflows");
             }
             for (id, held) in part.payments {
-                match merged.payments.entry(id) {
-                    Entry::Vacant(vacant) => {
-                        vacant.insert(held);
+                match merged.payments.get_mut(&id) {
+                    None => {
+                        merged.payments.insert(id, held);
                     }
-                    Entry::Occupied(mut occupied) => {
-                        let record = occupied.get_mut();
+                    Some(record) => {
                         record.payment.amount_refunded =
                             record.payment.amount_refunded.max(held.payment.amount_refunded);
                         record.payer_side |= held.payer_side;
