@@ -30,6 +30,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// TLS on the listeners.
     pub tls: TlsConfig,
+    /// Refusing work when a shard falls behind.
+    pub overload: OverloadConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -102,6 +104,48 @@ pub struct TimeoutsConfig {
     /// After an error response that closes the connection, how long unread input is drained so the
     /// client can read the response instead of getting a reset.
     pub linger_timeout_ms: u64,
+}
+
+/// `[overload]`: admission control. When a shard's queueing delay stays above the target, part of
+/// the new `/v1` requests get 503 with `Retry-After` at once, so the admitted ones are served in time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OverloadConfig {
+    /// Whether requests are refused when a shard falls behind (the delay is measured either way).
+    pub enabled: bool,
+    /// Queueing delay, in microseconds, a shard keeps its admitted work near: the share of
+    /// refused requests rises while the measured delay is above it and falls while below.
+    pub queue_delay_target_us: u64,
+    /// `Retry-After` of the 503, in seconds.
+    pub retry_after_seconds: u64,
+}
+
+/// Smallest `overload.queue_delay_target_us`: below it the timer's own jitter would look like overload.
+pub const QUEUE_DELAY_TARGET_US_MIN: u64 = 100;
+
+impl Default for OverloadConfig {
+    fn default() -> Self {
+        OverloadConfig {
+            enabled: true,
+            queue_delay_target_us: 5000,
+            retry_after_seconds: 1,
+        }
+    }
+}
+
+impl OverloadConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(QUEUE_DELAY_TARGET_US_MIN..=10_000_000).contains(&self.queue_delay_target_us) {
+            return Err(error(
+                "overload.queue_delay_target_us",
+                format!("must be from {QUEUE_DELAY_TARGET_US_MIN} to 10000000 (10 s)"),
+            ));
+        }
+        if !(1..=3600).contains(&self.retry_after_seconds) {
+            return Err(error("overload.retry_after_seconds", "must be from 1 to 3600"));
+        }
+        Ok(())
+    }
 }
 
 /// `[mesh]`: the shard-to-shard channels.
@@ -630,6 +674,7 @@ impl Config {
         self.money.validate(self.auth.dev_keys_allowed)?;
         self.storage.validate()?;
         self.tls.validate()?;
+        self.overload.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|err| error("log.level", format!("not a valid filter: {err}")))?;
         Ok(())

@@ -187,6 +187,9 @@ impl ShardMetrics {
             log_frames: 0,
             log_batches: 0,
             log_bytes: 0,
+            requests_shed: 0,
+            queue_delay_seconds: 0.0,
+            shed_share: 0.0,
         }
     }
 }
@@ -254,10 +257,18 @@ pub struct Snapshot {
     pub log_batches: u64,
     /// Bytes appended to the log.
     pub log_bytes: u64,
+    /// API requests refused with 503 because the shard was behind.
+    pub requests_shed: u64,
+    /// The last measured queueing delay.
+    pub queue_delay_seconds: f64,
+    /// The share of new API requests being refused.
+    pub shed_share: f64,
 }
 
 /// Reads one per-shard value from a snapshot.
 type Gauge = fn(&Snapshot) -> u64;
+/// Reads one per-shard fractional value from a snapshot.
+type Fraction = fn(&Snapshot) -> f64;
 /// Reads per-peer values from a snapshot.
 type PerPeer = fn(&Snapshot) -> &Vec<u64>;
 
@@ -314,7 +325,13 @@ pub fn render(snapshots: &[Snapshot]) -> String {
             snapshot.shard, cumulative
         );
     }
-    let simple: [(&str, &str, &str, Gauge); 13] = [
+    let simple: [(&str, &str, &str, Gauge); 14] = [
+        (
+            "shardpay_requests_shed_total",
+            "counter",
+            "API requests answered 503 overloaded at once because the shard's queueing delay was above overload.queue_delay_target_us.",
+            |s| s.requests_shed,
+        ),
         (
             "shardpay_connections_open",
             "gauge",
@@ -396,6 +413,24 @@ pub fn render(snapshots: &[Snapshot]) -> String {
     ];
     for (name, kind, help, value) in simple {
         header(&mut out, name, kind, help);
+        for snapshot in snapshots {
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", snapshot.shard, value(snapshot));
+        }
+    }
+    let fractional: [(&str, &str, Fraction); 2] = [
+        (
+            "shardpay_queue_delay_seconds",
+            "How late the shard's 1 ms (10 ms when idle) pulse timer ran last: the queueing delay a request arriving then saw.",
+            |s| s.queue_delay_seconds,
+        ),
+        (
+            "shardpay_shed_share",
+            "The share (0 to 1) of new API requests the shard refuses with 503 now.",
+            |s| s.shed_share,
+        ),
+    ];
+    for (name, help, value) in fractional {
+        header(&mut out, name, "gauge", help);
         for snapshot in snapshots {
             let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", snapshot.shard, value(snapshot));
         }

@@ -97,6 +97,19 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// 503 `overloaded`: the shard refused the request before doing any of it.
+    pub fn overloaded(retry_after_seconds: u64) -> Self {
+        ApiError::new(
+            503,
+            ErrorType::ApiError,
+            "overloaded",
+            "The server is overloaded and did not process this request; retry after Retry-After seconds.",
+        )
+        .retry_after(retry_after_seconds)
+    }
+}
+
 impl From<RequestError> for ApiError {
     /// Requests refused by the codec are the client's to fix, including 501 and 505 (a transfer
     /// coding or version this server does not take): all are `invalid_request_error`.

@@ -264,6 +264,15 @@ impl Handler for Api {
             | Route::Refund => {
                 let mut id_buffer = [0u8; 32];
                 let request_id = self.request_id(request.header("x-request-id"), &mut id_buffer);
+                if !self.shard.admission.admit() {
+                    // The shard is behind: a refusal now costs far less than an answer late.
+                    let error = ApiError::overloaded(self.shard.admission.retry_after_seconds());
+                    self.send_error(response, request_id, self.shard.id(), &error, None);
+                    self.shard
+                        .metrics
+                        .count_request(route as usize, response.status());
+                    return;
+                }
                 let auth_route = match route {
                     Route::Signup => Some(auth::AuthRoute::Signup),
                     Route::Login => Some(auth::AuthRoute::Login),

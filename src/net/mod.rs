@@ -74,7 +74,12 @@ pub struct Stream {
     registration: Registration,
     peer: Option<std::net::IpAddr>,
     write_timeout: Duration,
+    /// Reads left before the connection gives way to the others.
+    reads_left: u32,
 }
+
+/// Reads (each one batch of requests) a connection makes before it lets the others run.
+const READ_BUDGET: u32 = 16;
 
 impl Stream {
     fn new(
@@ -90,6 +95,7 @@ impl Stream {
             registration,
             peer,
             write_timeout,
+            reads_left: READ_BUDGET,
         }
     }
 
@@ -100,6 +106,18 @@ impl Stream {
 
 impl Transport for Stream {
     async fn read(&mut self, buffer: &mut [u8], timeout: Duration) -> io::Result<usize> {
+        // glommio reads at once when bytes are waiting, without returning to the executor: a
+        // client that keeps sending would keep its connection's task running while the shard's
+        // other connections wait. Like tokio's cooperative budget, a connection goes to the back
+        // of the run queue after `READ_BUDGET` reads in a row, or sooner when the executor asks
+        // (it polls for I/O and timers every `shard::PREEMPT_INTERVAL`).
+        self.reads_left -= 1;
+        if self.reads_left == 0 {
+            self.reads_left = READ_BUDGET;
+            futures_lite::future::yield_now().await;
+        } else {
+            glommio::yield_if_needed().await;
+        }
         // A coarse shard deadline rather than a glommio timer per read (see `connections`).
         self.registration.arm(timeout);
         let result = futures_lite::AsyncReadExt::read(&mut self.inner, buffer).await;

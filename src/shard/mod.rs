@@ -6,6 +6,7 @@
 //! [`spawn`] and [`sleep`]. Shard-local state is `Rc`/`Cell` and never crosses threads; what
 //! crosses threads ([`Command`], [`Reply`]) owns its data. Nothing here knows about HTTP.
 
+pub mod admission;
 pub mod disk;
 pub mod mesh;
 pub mod offload;
@@ -36,6 +37,10 @@ pub use crate::slots::{slot_range, SLOT_COUNT};
 /// How often each shard refreshes its `Date`, expires connection deadlines and looks for a
 /// shutdown request.
 const TICK: Duration = Duration::from_millis(100);
+/// Longest time a shard runs tasks before it polls for completed I/O and timers again (glommio's
+/// default is 100 ms). Connections give way at this interval (`net::Stream::read`), so a client
+/// that keeps sending cannot hold the shard, and a busy shard sees new work at least this often.
+pub const PREEMPT_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Process-wide facts and flags, shared by all shards; written at start-up and shutdown only.
 #[derive(Debug)]
@@ -151,6 +156,8 @@ pub struct Shard {
     pub metrics: Rc<ShardMetrics>,
     /// Open connections and the drain.
     pub connections: Rc<Connections>,
+    /// Whether new API requests are served or refused (overload).
+    pub admission: Rc<admission::Admission>,
     /// What this shard tells about itself.
     pub info: ShardInfo,
     /// The users whose slots this shard owns.
@@ -267,6 +274,9 @@ impl Shard {
         match command {
             Command::Snapshot => {
                 let mut snapshot = self.metrics.snapshot(self.connections.open());
+                snapshot.requests_shed = self.admission.refused();
+                snapshot.queue_delay_seconds = self.admission.delay().as_secs_f64();
+                snapshot.shed_share = self.admission.share();
                 let log = self.journal.stats();
                 snapshot.log_frames = log.frames;
                 snapshot.log_batches = log.batches;
@@ -451,6 +461,7 @@ impl Launch {
             let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{shard}"))
                 .io_memory(config.server.io_memory_bytes)
+                .preempt_timer(PREEMPT_INTERVAL)
                 // Not pinned to the shard's CPU (glommio's default): offloaded work such as
                 // password hashing must not time-slice with the executor on its own core.
                 .blocking_thread_pool_placement(PoolPlacement::Unbound(config.server.blocking_threads));
@@ -508,10 +519,12 @@ impl Launch {
                         "released the idempotency keys of interrupted requests"
                     );
                 }
+                let admission = admission::Admission::new(&config.overload);
                 let this = Rc::new(Shard {
                     cluster: cluster.clone(),
                     metrics: metrics.clone(),
                     connections: connections.clone(),
+                    admission: admission.clone(),
                     info,
                     home: RefCell::new(home),
                     journal: journal.clone(),
@@ -530,6 +543,7 @@ impl Launch {
                     ));
                 }
                 spawn(tick(cluster.clone(), connections));
+                spawn(admission.pulse());
                 spawn(resend_outbox(this.clone()));
                 let outcome = start(this).await;
                 if outcome.is_err() {
