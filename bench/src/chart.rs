@@ -34,10 +34,10 @@ pub const SERIES_MAX: usize = 32;
 const FONT_FAMILY: &str = "sans-serif";
 /// DejaVu Sans 2.37 (license: `bench/assets/DejaVuSans-LICENSE.txt`).
 static FONT_TTF: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
-const TITLE_FONT_SIZE: u32 = 26;
-const PANEL_TITLE_FONT_SIZE: u32 = 22;
-const AXIS_FONT_SIZE: u32 = 16;
-const LEGEND_FONT_SIZE: u32 = 15;
+pub(crate) const TITLE_FONT_SIZE: u32 = 26;
+pub(crate) const PANEL_TITLE_FONT_SIZE: u32 = 22;
+pub(crate) const AXIS_FONT_SIZE: u32 = 16;
+pub(crate) const LEGEND_FONT_SIZE: u32 = 15;
 const NOTE_FONT_SIZE: u32 = 22;
 
 /// The summary written by `scripts/bench_report.py`; only the fields the charts use.
@@ -264,7 +264,7 @@ pub fn render(summary: &Summary, base: &Path) -> Result<Vec<PathBuf>, ChartError
 }
 
 /// Registers the embedded font once per process.
-fn register_font() -> Result<(), ChartError> {
+pub(crate) fn register_font() -> Result<(), ChartError> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let registered = *REGISTERED
         .get_or_init(|| plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, FONT_TTF).is_ok());
@@ -381,7 +381,7 @@ fn grid(panels: usize) -> (u32, u32) {
 }
 
 /// "12 345" → "12k" style tick labels for large counts.
-fn format_count(value: f64) -> String {
+pub(crate) fn format_count(value: f64) -> String {
     if value.abs() >= 1e6 {
         format!("{:.1}M", value / 1e6)
     } else if value.abs() >= 1e4 {
@@ -405,14 +405,14 @@ const COLORS: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-fn series_color(index: usize) -> RGBColor {
+pub(crate) fn series_color(index: usize) -> RGBColor {
     COLORS.get(index).copied().unwrap_or_else(|| {
         let (r, g, b) = Palette99::pick(index - COLORS.len()).rgb();
         RGBColor(r, g, b)
     })
 }
 
-fn font(size: u32) -> TextStyle<'static> {
+pub(crate) fn font(size: u32) -> TextStyle<'static> {
     (FONT_FAMILY, size).into_font().into()
 }
 
@@ -546,7 +546,7 @@ fn draw_latency<DB: DrawingBackend>(
 
 /// The corner of a panel for its legend: the one with the fewest points under it, given the
 /// points as fractions of the axes (0 to 1, y upwards); lower right first on a tie.
-fn legend_corner(points: impl Iterator<Item = (f64, f64)>) -> SeriesLabelPosition {
+pub(crate) fn legend_corner(points: impl Iterator<Item = (f64, f64)>) -> SeriesLabelPosition {
     // The share of each axis a legend of a few lines covers.
     const LEGEND_SHARE: f64 = 0.45;
     let corners = [

@@ -92,6 +92,15 @@ struct Cli {
     /// The server's process id: report its CPU-µs per request from /proc/PID/stat.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Add a per-second timeline to the report (ok, shed and errors per second, and the ok
+    /// answers' p50/p99), from the start of the load, warm-up included (at most 3600 seconds).
+    #[arg(long)]
+    timeline: bool,
+    /// Start the load at this wall-clock time (Unix ms) instead of right after the set-up (to
+    /// line up several clients); a set-up that ends later starts at once. The report's
+    /// load_started_unix_ms says when the load began.
+    #[arg(long, value_name = "UNIX_MS")]
+    start_at_unix_ms: Option<u64>,
     /// Write the full report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -189,6 +198,8 @@ fn main() -> ExitCode {
     config.tls_server_name = cli.tls_server_name;
     config.tls_resumption = cli.tls_resumption.unwrap_or(true);
     config.new_connection_per_request = cli.new_connection_per_request;
+    config.timeline = cli.timeline;
+    config.start_at_unix_ms = cli.start_at_unix_ms;
 
     let report = match run(&config) {
         Ok(report) => report,

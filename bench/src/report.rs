@@ -74,39 +74,59 @@ pub fn summary(report: &Report) -> String {
     out.push('\n');
     let _ = writeln!(
         out,
-        "{:<10} {:>10} {:>8} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10}",
-        "kind", "ok", "failed", "ok/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"
+        "{:<10} {:>10} {:>10} {:>8} {:>11} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "kind", "ok", "shed", "failed", "ok/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"
     );
-    let mut row =
-        |name: &str, ok: u64, failed: u64, per_second: f64, latency: &crate::latency::LatencySummary| {
-            let _ = writeln!(
-                out,
-                "{name:<10} {ok:>10} {failed:>8} {per_second:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1}",
-                latency.p50, latency.p90, latency.p99, latency.p999, latency.max
-            );
-        };
+    let mut row = |name: &str,
+                   (ok, shed, failed): (u64, u64, u64),
+                   per_second: f64,
+                   latency: &crate::latency::LatencySummary| {
+        let _ = writeln!(
+            out,
+            "{name:<10} {ok:>10} {shed:>10} {failed:>8} {per_second:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1}",
+            latency.p50, latency.p90, latency.p99, latency.p999, latency.max
+        );
+    };
     if report.kinds.len() > 1 {
         for (name, kind) in &report.kinds {
-            row(name, kind.ok, kind.failed, kind.ok_per_second, &kind.latency_us);
+            row(
+                name,
+                (kind.ok, kind.shed, kind.failed),
+                kind.ok_per_second,
+                &kind.latency_us,
+            );
         }
     }
     row(
         "all",
-        report.ok,
-        report.failed,
+        (report.ok, report.shed, report.failed),
         report.requests_per_second,
         &report.latency_us,
     );
+    if report.shed > 0 {
+        let shed = &report.shed_latency_us;
+        let _ = writeln!(
+            out,
+            "shed (503 overloaded, not errors): {:.0}/s, answered (ok + shed) {:.0}/s; shed latency p50 {:.1} µs, p99 {:.1} µs",
+            report.shed_per_second, report.answered_per_second, shed.p50, shed.p99
+        );
+    }
     let _ = writeln!(out);
     let cpu_line = |label: &str, cpu: &crate::run::CpuReport| match (
         cpu.cpu_us_per_request,
         cpu.user_us_per_request,
         cpu.system_us_per_request,
     ) {
-        (Some(total), Some(user), Some(system)) => format!(
-            "{label}: {total:.2} CPU-µs/request (user {user:.2}, system {system:.2}), {:.2} cores busy\n",
-            cpu.cores_busy
-        ),
+        (Some(total), Some(user), Some(system)) => {
+            let per_answer = match cpu.cpu_us_per_answer {
+                Some(per_answer) if report.shed > 0 => format!(", {per_answer:.2} per answer (ok + shed)"),
+                _ => String::new(),
+            };
+            format!(
+                "{label}: {total:.2} CPU-µs/request (user {user:.2}, system {system:.2}){per_answer}, {:.2} cores busy\n",
+                cpu.cores_busy
+            )
+        }
         _ => format!("{label}: no correct answers to divide by\n"),
     };
     out.push_str(&cpu_line("client", &report.client_cpu));

@@ -14,6 +14,7 @@ use crate::latency::{Latencies, LatencySummary};
 use crate::procstat::{cpu_time, CpuTime};
 use crate::scenario::{Generator, Kind, Mix, Scenario, User, UserSet, Workload, KINDS};
 use crate::setup::{self, SetupError, Target, UserPlan};
+use crate::timeline::{Timeline, TimelineEntry};
 use crate::tls::{Negotiated, TlsClient, TlsSettings};
 use crate::worker::{self, ConnectionPlan, Progress, WorkerPlan, WorkerResult};
 
@@ -83,6 +84,11 @@ pub struct RunConfig {
     /// Each connection sends one request with `Connection: close`, reads the answer, closes
     /// and reconnects: measures connection set-up (TLS handshakes) per second.
     pub new_connection_per_request: bool,
+    /// Report a per-second timeline since the load started (`--timeline`).
+    pub timeline: bool,
+    /// Start the load at this wall-clock time (Unix ms) rather than right after the set-up; a
+    /// set-up that ends later starts the load at once (the report says when it began).
+    pub start_at_unix_ms: Option<u64>,
 }
 
 impl RunConfig {
@@ -114,6 +120,8 @@ impl RunConfig {
             tls_server_name: None,
             tls_resumption: true,
             new_connection_per_request: false,
+            timeline: false,
+            start_at_unix_ms: None,
         }
     }
 }
@@ -152,6 +160,10 @@ pub struct KindReport {
     pub ok_per_second: f64,
     /// Latency of correct answers, µs.
     pub latency_us: LatencySummary,
+    /// Answers 503 `overloaded` (refused by the server's admission control) in the window.
+    pub shed: u64,
+    /// Latency of the shed answers, µs.
+    pub shed_latency_us: LatencySummary,
 }
 
 /// One error kind.
@@ -174,6 +186,9 @@ pub struct CpuReport {
     pub user_us_per_request: Option<f64>,
     /// System CPU µs per correct answer.
     pub system_us_per_request: Option<f64>,
+    /// User + system CPU µs per answer, correct or shed (503 `overloaded`): what an answer cost
+    /// when part of them were cheap refusals.
+    pub cpu_us_per_answer: Option<f64>,
     /// CPU time over wall time (1.0 = one core busy).
     pub cores_busy: f64,
 }
@@ -259,6 +274,18 @@ pub struct Report {
     pub requests_per_second: f64,
     /// Latency of all correct answers, µs.
     pub latency_us: LatencySummary,
+    /// Answers 503 `overloaded` in the measured window: refused by the server's admission
+    /// control, neither correct nor failed (not in `errors_by_kind`, not in `latency_us`).
+    pub shed: u64,
+    /// Shed answers per second.
+    pub shed_per_second: f64,
+    /// Correct and shed answers per second.
+    pub answered_per_second: f64,
+    /// Requests written in the measured window, per second (open loop: the offered rate the
+    /// client kept).
+    pub sent_per_second: f64,
+    /// Latency of the shed answers, µs (from the same start or due time as `latency_us`).
+    pub shed_latency_us: LatencySummary,
     /// Per request kind of the mix.
     pub kinds: BTreeMap<&'static str, KindReport>,
     /// Errors by kind.
@@ -280,6 +307,16 @@ pub struct Report {
     pub new_connection_per_request: bool,
     /// Connections set up in the measured window (handshakes/s).
     pub handshakes: HandshakeReport,
+    /// When the load began (warm-up included), CLOCK_MONOTONIC ns: comparable between runs on
+    /// the same machine (since boot).
+    pub load_started_monotonic_ns: u64,
+    /// When the load began, Unix time in ms.
+    pub load_started_unix_ms: u64,
+    /// `--start-at-unix-ms`: the start asked for (`null`: right after the set-up).
+    pub start_at_unix_ms: Option<u64>,
+    /// `--timeline`: one entry per whole second since the load started, warm-up included (at
+    /// most 3600); `null` without it.
+    pub timeline: Option<Vec<TimelineEntry>>,
 }
 
 /// A target URL, taken apart.
@@ -503,6 +540,8 @@ pub fn run(config: &RunConfig) -> Result<Report, RunError> {
 
 struct Measured {
     workers: Vec<WorkerResult>,
+    load_started_monotonic_ns: u64,
+    load_started_unix_ms: u64,
     client_cpu: CpuTime,
     server_cpu: Option<CpuTime>,
     wall_s: f64,
@@ -528,7 +567,12 @@ fn run_workers(config: &RunConfig, target: &Target, workload: &Arc<Workload>) ->
         };
         plans[index % config.threads].push(plan);
     }
-    let start_ns = now_ns() + START_DELAY_NS;
+    let mut start_ns = now_ns() + START_DELAY_NS;
+    if let Some(at_ms) = config.start_at_unix_ms {
+        let wait_ns = (at_ms as u128 * 1_000_000).saturating_sub(unix_now_ns());
+        start_ns = start_ns.max(now_ns() + wait_ns.min(u64::MAX as u128 / 2) as u64);
+    }
+    let load_started_unix_ms = (unix_now_ns() + u128::from(start_ns.saturating_sub(now_ns()))) / 1_000_000;
     let measure_start_ns = start_ns + config.warmup.as_nanos() as u64;
     let end_ns = measure_start_ns + config.duration.as_nanos() as u64;
     let progress: Vec<Arc<Progress>> = (0..config.threads).map(|_| Arc::default()).collect();
@@ -546,6 +590,7 @@ fn run_workers(config: &RunConfig, target: &Target, workload: &Arc<Workload>) ->
             end_ns,
             tls: target.tls.as_ref().map(TlsClient::with_own_session_cache),
             one_request_per_connection: config.new_connection_per_request,
+            timeline: config.timeline,
         };
         let generator = Generator::new(Arc::clone(workload), thread, crate::rng::seed(thread + 1));
         let progress = Arc::clone(&progress[thread]);
@@ -575,6 +620,7 @@ fn run_workers(config: &RunConfig, target: &Target, workload: &Arc<Workload>) ->
         }
     };
     let mut last_ok = 0u64;
+    let mut last_shed = 0u64;
     let mut last_ns = start_ns;
     let mut print_progress = |label: &str, until: u64| {
         let mut tick = last_ns;
@@ -590,10 +636,19 @@ fn run_workers(config: &RunConfig, target: &Target, workload: &Arc<Workload>) ->
                     .iter()
                     .map(|p| p.errors.load(std::sync::atomic::Ordering::Relaxed))
                     .sum();
+                let shed: u64 = progress
+                    .iter()
+                    .map(|p| p.shed.load(std::sync::atomic::Ordering::Relaxed))
+                    .sum();
                 let elapsed = (tick - start_ns) as f64 / 1e9;
-                let rate = (ok - last_ok) as f64 / ((tick - last_ns) as f64 / 1e9);
-                eprintln!("[{elapsed:6.1} s] {label:<8} {rate:>12.0} req/s   errors {errors}");
+                let seconds = (tick - last_ns) as f64 / 1e9;
+                let rate = (ok - last_ok) as f64 / seconds;
+                let shed_rate = (shed - last_shed) as f64 / seconds;
+                eprintln!(
+                    "[{elapsed:6.1} s] {label:<8} {rate:>12.0} req/s   shed {shed_rate:.0}/s   errors {errors}"
+                );
                 last_ok = ok;
+                last_shed = shed;
             }
             last_ns = tick;
         }
@@ -614,6 +669,8 @@ fn run_workers(config: &RunConfig, target: &Target, workload: &Arc<Workload>) ->
     }
     Ok(Measured {
         workers,
+        load_started_monotonic_ns: start_ns,
+        load_started_unix_ms: load_started_unix_ms as u64,
         client_cpu: client_after.since(client_before),
         server_cpu: server_after
             .zip(server_before)
@@ -636,8 +693,19 @@ fn build_report(config: &RunConfig, target: &Target, mix: &Mix, users: usize, me
     let mut resumed = 0;
     let mut negotiated = None;
     let mut send_lag = Latencies::new();
+    let mut shed_all = Latencies::new();
+    let mut shed = 0;
+    let mut sent = 0;
+    let mut timeline: Option<Timeline> = None;
     for worker in &measured.workers {
         send_lag.merge(&worker.send_lag);
+        sent += worker.sent;
+        if let Some(theirs) = &worker.timeline {
+            match &mut timeline {
+                Some(mine) => mine.merge(theirs),
+                None => timeline = Some(theirs.clone()),
+            }
+        }
         cross_shard += worker.payments_cross_shard;
         connects += worker.connects;
         handshakes += worker.handshakes;
@@ -658,17 +726,23 @@ fn build_report(config: &RunConfig, target: &Target, mix: &Mix, users: usize, me
             continue;
         }
         let mut latencies = Latencies::new();
+        let mut shed_latencies = Latencies::new();
         let mut kind_ok = 0;
         let mut kind_failed = 0;
+        let mut kind_shed = 0;
         for worker in &measured.workers {
             let result = &worker.kinds[kind.index()];
             latencies.merge(&result.latencies);
+            shed_latencies.merge(&result.shed_latencies);
             kind_ok += result.ok;
             kind_failed += result.failed;
+            kind_shed += result.shed;
         }
         all.merge(&latencies);
+        shed_all.merge(&shed_latencies);
         ok += kind_ok;
         failed += kind_failed;
+        shed += kind_shed;
         kinds.insert(
             kind.name(),
             KindReport {
@@ -676,6 +750,8 @@ fn build_report(config: &RunConfig, target: &Target, mix: &Mix, users: usize, me
                 failed: kind_failed,
                 ok_per_second: kind_ok as f64 / duration_s,
                 latency_us: latencies.summary(),
+                shed: kind_shed,
+                shed_latency_us: shed_latencies.summary(),
             },
         );
     }
@@ -685,6 +761,7 @@ fn build_report(config: &RunConfig, target: &Target, mix: &Mix, users: usize, me
         cpu_us_per_request: (ok > 0).then(|| time.total_us() as f64 / ok as f64),
         user_us_per_request: (ok > 0).then(|| time.user_us as f64 / ok as f64),
         system_us_per_request: (ok > 0).then(|| time.system_us as f64 / ok as f64),
+        cpu_us_per_answer: (ok + shed > 0).then(|| time.total_us() as f64 / (ok + shed) as f64),
         cores_busy: time.total_us() as f64 / 1e6 / duration_s,
     };
     Report {
@@ -711,6 +788,11 @@ fn build_report(config: &RunConfig, target: &Target, mix: &Mix, users: usize, me
         errors: errors_by_kind.values().map(|error| error.count).sum(),
         requests_per_second: ok as f64 / duration_s,
         latency_us: all.summary(),
+        shed,
+        shed_per_second: shed as f64 / duration_s,
+        answered_per_second: (ok + shed) as f64 / duration_s,
+        sent_per_second: sent as f64 / duration_s,
+        shed_latency_us: shed_all.summary(),
         kinds,
         errors_by_kind,
         client_cpu: cpu_report(None, measured.client_cpu),
@@ -739,7 +821,18 @@ fn build_report(config: &RunConfig, target: &Target, mix: &Mix, users: usize, me
             client_cpu_us_per_handshake: (handshakes > 0)
                 .then(|| measured.client_cpu.total_us() as f64 / handshakes as f64),
         },
+        load_started_monotonic_ns: measured.load_started_monotonic_ns,
+        load_started_unix_ms: measured.load_started_unix_ms,
+        start_at_unix_ms: config.start_at_unix_ms,
+        timeline: timeline.map(|timeline| timeline.entries()),
     }
+}
+
+/// Wall-clock time, ns since the Unix epoch.
+fn unix_now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos())
 }
 
 #[cfg(test)]

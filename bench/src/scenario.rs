@@ -556,6 +556,45 @@ pub fn check(kind: Kind, status: u16, body: &[u8]) -> Result<(), CheckError> {
     }
 }
 
+/// What an answer to a request of some kind was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The right answer.
+    Ok,
+    /// Refused by the server's admission control (503 `overloaded`): shed, not failed.
+    Shed,
+    /// Wrong: an unexpected status (any other 503 included) or a bad body.
+    Failed(CheckError),
+}
+
+/// Classifies a complete answer: [`check`], except that a 503 whose JSON body says
+/// `"error": {"code": "overloaded"}` is [`Outcome::Shed`] (the server refused the request before
+/// doing any of it, and said so).
+pub fn classify(kind: Kind, status: u16, body: &[u8]) -> Outcome {
+    match check(kind, status, body) {
+        Ok(()) => Outcome::Ok,
+        Err(_) if is_overloaded(status, body) => Outcome::Shed,
+        Err(error) => Outcome::Failed(error),
+    }
+}
+
+/// Whether an answer is the server's overload refusal: status 503 and a JSON body whose
+/// `error.code` is `"overloaded"`.
+pub fn is_overloaded(status: u16, body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        error: ErrorBody<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorBody<'a> {
+        #[serde(borrow)]
+        code: std::borrow::Cow<'a, str>,
+    }
+    status == 503
+        && serde_json::from_slice::<Envelope>(body).is_ok_and(|envelope| envelope.error.code == "overloaded")
+}
+
 /// Why an answer is wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckError {
@@ -586,6 +625,45 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overloaded_503_is_shed_and_any_other_503_an_error() {
+        let overloaded = br#"{"error":{"type":"api_error","code":"overloaded","message":"The server is overloaded and did not process this request; retry after Retry-After seconds."},"request_id":"req_1"}"#;
+        for kind in KINDS {
+            assert_eq!(classify(kind, 503, overloaded), Outcome::Shed, "{kind}");
+        }
+        // Another 503 (a full idempotency store, a mesh time-out) stays an error.
+        let other = br#"{"error":{"type":"api_error","code":"idempotency_keys_full","message":"x"},"request_id":"req_2"}"#;
+        assert_eq!(
+            classify(Kind::Payment, 503, other),
+            Outcome::Failed(CheckError::Status(503))
+        );
+        // The overloaded body with another status, or not JSON, or the code elsewhere: errors.
+        assert_eq!(
+            classify(Kind::Balance, 500, overloaded),
+            Outcome::Failed(CheckError::Status(500))
+        );
+        assert_eq!(
+            classify(Kind::Balance, 503, b"overloaded"),
+            Outcome::Failed(CheckError::Status(503))
+        );
+        assert_eq!(
+            classify(Kind::Balance, 503, br#"{"code":"overloaded"}"#),
+            Outcome::Failed(CheckError::Status(503))
+        );
+        assert_eq!(
+            classify(Kind::Balance, 503, br#"{"error":{"code":"overloaded_not"}}"#),
+            Outcome::Failed(CheckError::Status(503))
+        );
+        assert!(!is_overloaded(503, br#"{"error":{"code":"overl\u0061aded"}}"#));
+        assert!(is_overloaded(503, br#"{"error":{"code":"overload\u0065d"}}"#));
+        // A right answer is ok, a wrong body with the right status an error.
+        assert_eq!(classify(Kind::Plaintext, 200, b"Hello, World!"), Outcome::Ok);
+        assert_eq!(
+            classify(Kind::Plaintext, 200, b"nope"),
+            Outcome::Failed(CheckError::Body)
+        );
+    }
 
     fn workload(mix: Mix, shards_of_users: &[usize], ratio: Option<f64>) -> Arc<Workload> {
         let shards = shards_of_users.iter().max().map_or(1, |max| max + 1);

@@ -731,6 +731,7 @@ mod tests {
             end_ns: start_ns + 300_000_000,
             tls: Some(tls),
             one_request_per_connection: false,
+            timeline: false,
         };
         let generator = crate::scenario::Generator::new(workload, 0, 1);
         let result = crate::worker::run(plan, generator, Arc::default()).unwrap();

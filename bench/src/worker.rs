@@ -33,7 +33,8 @@ use rustls::ClientConnection;
 use crate::clock::now_ns;
 use crate::http::{parse_response, Body, RESPONSE_BYTES_MAX};
 use crate::latency::{Latencies, Schedule};
-use crate::scenario::{check, CheckError, Expect, Generator, Kind, KINDS};
+use crate::scenario::{classify, CheckError, Expect, Generator, Kind, Outcome, KINDS};
+use crate::timeline::Timeline;
 use crate::tls::{resumed, Negotiated, TlsClient};
 
 /// Bytes each connection reads at once (grown for a larger response, up to the response limit).
@@ -83,6 +84,8 @@ pub struct WorkerPlan {
     pub tls: Option<TlsClient>,
     /// Each connection sends one request, then closes and reconnects.
     pub one_request_per_connection: bool,
+    /// Keep a per-second timeline (`--timeline`).
+    pub timeline: bool,
 }
 
 /// Counters the main thread reads for its progress line.
@@ -92,6 +95,8 @@ pub struct Progress {
     pub ok: AtomicU64,
     /// Failed requests and connection errors so far.
     pub errors: AtomicU64,
+    /// Answers 503 `overloaded` so far (warm-up included).
+    pub shed: AtomicU64,
 }
 
 /// Counts and latencies of one request kind.
@@ -103,6 +108,11 @@ pub struct KindResult {
     pub failed: u64,
     /// Latencies of the correct answers in the measured window.
     pub latencies: Latencies,
+    /// Answers 503 `overloaded` (the server's admission control) in the measured window: neither
+    /// correct nor failed.
+    pub shed: u64,
+    /// Latencies of the shed answers in the measured window.
+    pub shed_latencies: Latencies,
 }
 
 /// One kind of error, with the first example seen.
@@ -135,6 +145,10 @@ pub struct WorkerResult {
     /// Open loop: how late the client wrote each request of the measured window, after its due
     /// time or after its connection got room for it, whichever is later.
     pub send_lag: Latencies,
+    /// Requests written (handed to the connection's output) in the measured window.
+    pub sent: u64,
+    /// `--timeline`: per second since the load started.
+    pub timeline: Option<Timeline>,
 }
 
 impl WorkerResult {
@@ -214,6 +228,7 @@ struct Worker {
     scratch: Vec<u8>,
     ok_total: u64,
     errors_total: u64,
+    shed_total: u64,
 }
 
 impl Worker {
@@ -274,7 +289,6 @@ impl Worker {
             kinds.push(result);
         }
         Ok(Self {
-            plan,
             generator,
             progress,
             poll,
@@ -285,11 +299,14 @@ impl Worker {
             reconnects_pending: connection_count,
             result: WorkerResult {
                 kinds,
+                timeline: plan.timeline.then(|| Timeline::new(plan.start_ns, plan.end_ns)),
                 ..WorkerResult::default()
             },
+            plan,
             scratch: Vec::new(),
             ok_total: 0,
             errors_total: 0,
+            shed_total: 0,
         })
     }
 
@@ -349,6 +366,7 @@ impl Worker {
             }
             self.progress.ok.store(self.ok_total, Ordering::Relaxed);
             self.progress.errors.store(self.errors_total, Ordering::Relaxed);
+            self.progress.shed.store(self.shed_total, Ordering::Relaxed);
         }
         for connection in &mut self.connections {
             if let Some(mut stream) = connection.stream.take() {
@@ -479,7 +497,7 @@ impl Worker {
                     now
                 };
                 while self.connections[index].in_flight.len() < self.plan.depth {
-                    self.push_request_at(index, start_ns);
+                    self.push_request_at(index, start_ns, now);
                 }
             }
         }
@@ -702,8 +720,8 @@ impl Worker {
                 Body::Decoded => &self.scratch[..],
             };
             let kind = request.expect.kind;
-            match check(kind, response.status, body) {
-                Ok(()) => {
+            match classify(kind, response.status, body) {
+                Outcome::Ok => {
                     self.ok_total += 1;
                     if measuring {
                         let stats = &mut self.result.kinds[kind.index()];
@@ -713,9 +731,28 @@ impl Worker {
                             self.result.payments_cross_shard += 1;
                         }
                     }
+                    if let Some(timeline) = &mut self.result.timeline {
+                        timeline.ok(request.start_ns, now);
+                    }
                 }
-                Err(error) => {
+                Outcome::Shed => {
+                    // Refused by the server's admission control: an answer, not an error; its
+                    // latency (from the same start or due time) is kept apart.
+                    self.shed_total += 1;
+                    if measuring {
+                        let stats = &mut self.result.kinds[kind.index()];
+                        stats.shed += 1;
+                        stats.shed_latencies.record(request.start_ns, now);
+                    }
+                    if let Some(timeline) = &mut self.result.timeline {
+                        timeline.shed(now);
+                    }
+                }
+                Outcome::Failed(error) => {
                     self.errors_total += 1;
+                    if let Some(timeline) = &mut self.result.timeline {
+                        timeline.errors(now, 1);
+                    }
                     if measuring {
                         self.result.kinds[kind.index()].failed += 1;
                     }
@@ -783,7 +820,7 @@ impl Worker {
                 let room_since = self.connections[index].room_since_ns;
                 self.result.send_lag.record(due.max(room_since), now);
             }
-            self.push_request_at(index, due);
+            self.push_request_at(index, due, now);
             issued = true;
         }
         if issued {
@@ -807,10 +844,14 @@ impl Worker {
     }
 
     fn push_request(&mut self, index: usize, now: u64) {
-        self.push_request_at(index, now);
+        self.push_request_at(index, now, now);
     }
 
-    fn push_request_at(&mut self, index: usize, start_ns: u64) {
+    /// Queues a request for writing at `now`, its latency counted from `start_ns`.
+    fn push_request_at(&mut self, index: usize, start_ns: u64, now: u64) {
+        if now >= self.plan.measure_start_ns && now < self.plan.end_ns {
+            self.result.sent += 1;
+        }
         let connection = &mut self.connections[index];
         let expect = self
             .generator
@@ -894,6 +935,9 @@ impl Worker {
         self.errors_total += 1;
         self.result.error(kind.to_string(), || detail);
         let lost = self.connections[index].in_flight.len() as u64;
+        if let Some(timeline) = &mut self.result.timeline {
+            timeline.errors(now, 1 + lost);
+        }
         if lost > 0 {
             self.errors_total += lost;
             let entry = self.result.errors.entry("lost_in_flight".into()).or_default();
@@ -1034,4 +1078,109 @@ pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+
+    /// A plain HTTP/1.1 server on 127.0.0.1 answering `GET /plaintext` in turn with the right
+    /// answer, a 503 `overloaded` and another 503; one thread per connection.
+    fn rotating_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    let answers: [(&str, &str); 3] = [
+                        ("200 OK", "Hello, World!"),
+                        (
+                            "503 Service Unavailable",
+                            r#"{"error":{"type":"api_error","code":"overloaded","message":"m"},"request_id":"r"}"#,
+                        ),
+                        (
+                            "503 Service Unavailable",
+                            r#"{"error":{"type":"api_error","code":"unavailable","message":"m"},"request_id":"r"}"#,
+                        ),
+                    ];
+                    let mut turn = 0;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if line != "\r\n" {
+                            continue;
+                        }
+                        // The end of a request's head (GET: no body).
+                        let (status, body) = answers[turn % 3];
+                        turn += 1;
+                        let response = format!(
+                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if writer.write_all(response.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    #[test]
+    fn overloaded_503s_are_shed_not_errors_and_the_timeline_counts_them() {
+        let address = rotating_server();
+        let workload = Arc::new(crate::scenario::Workload {
+            mix: crate::scenario::Scenario::Plaintext.mix(None),
+            users: crate::scenario::UserSet::new(Vec::new(), 1),
+            login_users: crate::scenario::UserSet::new(Vec::new(), 1),
+            shards: 1,
+            cross_shard_ratio: None,
+            host_header: b"Host: localhost\r\n".to_vec(),
+            run_prefix: "t".into(),
+            password: "unused-password".into(),
+            currency: "USD".into(),
+            payment_amount: 1,
+        });
+        let start_ns = now_ns();
+        let plan = WorkerPlan {
+            thread: 0,
+            cpu: None,
+            connections: vec![ConnectionPlan { address, shard: None }],
+            depth: 1,
+            rate_per_connection: None,
+            start_ns,
+            measure_start_ns: start_ns,
+            end_ns: start_ns + 1_100_000_000,
+            tls: None,
+            one_request_per_connection: false,
+            timeline: true,
+        };
+        let generator = Generator::new(workload, 0, 1);
+        let result = run(plan, generator, Arc::default()).unwrap();
+        let plaintext = &result.kinds[Kind::Plaintext.index()];
+        assert!(plaintext.ok > 10, "{plaintext:?}");
+        // In turn: ok, shed, failed (one of each, give or take the last answers at the end).
+        assert!(plaintext.ok.abs_diff(plaintext.shed) <= 1, "{plaintext:?}");
+        assert!(plaintext.ok.abs_diff(plaintext.failed) <= 1, "{plaintext:?}");
+        assert_eq!(plaintext.shed_latencies.count(), plaintext.shed);
+        assert_eq!(plaintext.latencies.count(), plaintext.ok);
+        // Only the other 503 is an error.
+        assert_eq!(result.errors.keys().collect::<Vec<_>>(), vec!["status_503"]);
+        assert!(result.errors["status_503"].example.contains("unavailable"));
+        assert!(result.sent >= plaintext.ok + plaintext.shed + plaintext.failed);
+        let timeline = result.timeline.expect("--timeline").entries();
+        assert_eq!(timeline.len(), 1);
+        assert!(timeline[0].ok > 0 && timeline[0].shed > 0 && timeline[0].errors > 0);
+        assert!(timeline[0].ok_p99_us.is_some());
+    }
 }
