@@ -15,8 +15,12 @@
 # every honest request was answered 200 within 1 s, the server's resident memory grew by less
 # than 64 MiB over its idle size, and it still answers afterwards.
 #
-# Not yet here: the overload test (open-loop load at twice capacity) of issue 7, whose admission
-# control is not built; its row says so.
+#   overload       scripts/bench-overload.sh --check: one shard's capacity C, then open-loop load at
+#                  0.5 C and 2 C and a recovery run; passes if goodput at 2 C is at least 90% of C,
+#                  the p99 of admitted requests at 2 C at most twice that at 0.5 C, and the server is
+#                  back to normal within 5 s. These criteria are not met yet (issue 7 is open; see
+#                  docs/PERFORMANCE.md, "Overload"): with --short (CI) a failure is reported as
+#                  "FAIL (not gating)" and does not fail the run; without --short it does.
 #
 # Usage: scripts/reliability.sh [--short] [--only LIST] [--server-cpu N] [--client-cpu N] [--no-build]
 #   --short     CI's form: 50 kill cycles and 10 s attacks (default: 300 cycles, 30 s attacks)
@@ -26,7 +30,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 short=0
-only="kill9,slowloris,slow-body,slow-read"
+only="kill9,slowloris,slow-body,slow-read,overload"
 server_cpu=0
 client_cpu=1
 build=1
@@ -64,6 +68,9 @@ trap cleanup EXIT
 
 if [ "$build" = 1 ]; then
   cargo build --release --bin shardpay
+  if wanted overload; then
+    cargo build --release -p shardpay-bench
+  fi
 fi
 binary=target/release/shardpay
 
@@ -173,7 +180,23 @@ if wanted slowloris || wanted slow-body || wanted slow-read; then
   fi
 fi
 
-record overload "NOT RUN" "admission control (issue 7, item 2) is not built yet"
+# --- overload -----------------------------------------------------------------------------------
+if wanted overload; then
+  echo "== overload: scripts/bench-overload.sh --check (about 70 s)"
+  if timeout 600 scripts/bench-overload.sh --check --no-build \
+      --server-cpu "$server_cpu" --client-cpu "$client_cpu" >"$work/overload.log" 2>&1; then
+    record overload PASS "$(sed -n 's/^overload PASS //p' "$work/overload.log")"
+  else
+    tail -20 "$work/overload.log"
+    verdict=$(sed -n 's/^overload FAIL //p' "$work/overload.log")
+    [ -n "$verdict" ] || verdict="the script failed; see the output above"
+    if [ "$short" = 1 ] && [ -n "$(sed -n 's/^overload FAIL //p' "$work/overload.log")" ]; then
+      record overload "FAIL (not gating)" "$verdict; issue 7 is open, --short reports it without failing"
+    else
+      record overload FAIL "$verdict"
+    fi
+  fi
+fi
 
 echo
 echo "| check | result | details |"
