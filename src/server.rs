@@ -75,8 +75,12 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), ShardError> {
         tls_shard_ports = config.tls.shard_ports,
         "starting"
     );
+    // One argon2id hash (tens of ms), here rather than on every shard's executor.
+    let dummy_hash: Arc<str> = crate::auth::password::dummy_hash(&config.auth.password_params())
+        .expect("password parameters are validated at load")
+        .into();
     let outcome = launch.run(ROUTE_NAMES, move |shard| {
-        run_shard(shard, config.clone(), tls.clone())
+        run_shard(shard, config.clone(), tls.clone(), dummy_hash.clone())
     });
     if let Some(starting) = starting {
         let _ = starting.join();
@@ -292,7 +296,12 @@ fn answer_starting_on(mut stream: impl std::io::Read + std::io::Write) {
 }
 
 /// One shard's life: listen, serve, drain.
-async fn run_shard(shard: Rc<Shard>, config: Arc<Config>, tls: Option<TlsShared>) -> Result<(), String> {
+async fn run_shard(
+    shard: Rc<Shard>,
+    config: Arc<Config>,
+    tls: Option<TlsShared>,
+    dummy_hash: Arc<str>,
+) -> Result<(), String> {
     let acceptor = match &tls {
         Some(shared) => Some(Rc::new(
             shared.acceptor(&config).map_err(|error| error.to_string())?,
@@ -315,7 +324,7 @@ async fn run_shard(shard: Rc<Shard>, config: Arc<Config>, tls: Option<TlsShared>
     // The shard-aware port is this shard's alone: no SO_REUSEPORT, so a second process fails here.
     let own_listener =
         Listener::bind(own, backlog, false).map_err(|error| format!("cannot listen on {own}: {error}"))?;
-    let api = Rc::new(Api::new(shard.clone(), &config));
+    let api = Rc::new(Api::new(shard.clone(), &config, &dummy_hash));
     let settings = Rc::new(Settings::from_config(&config));
     let write_timeout = Duration::from_millis(config.timeouts.write_timeout_ms);
     for (listener, tls) in [(public_listener, public_tls), (own_listener, own_tls)] {

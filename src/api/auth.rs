@@ -53,8 +53,9 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// From the (validated) configuration.
-    pub fn new(config: &AuthConfig) -> Auth {
+    /// From the (validated) configuration and the dummy hash of its password parameters
+    /// ([`password::dummy_hash`], computed once per process, off the shards' executors).
+    pub fn new(config: &AuthConfig, dummy_hash: &str) -> Auth {
         let params = config.password_params();
         Auth {
             keys: config.key_set().expect("auth.jwt_keys is validated at load"),
@@ -62,7 +63,7 @@ impl Auth {
             access_ttl_seconds: config.access_token_ttl_seconds,
             refresh_ttl_seconds: config.refresh_token_ttl_seconds,
             params,
-            dummy_hash: password::dummy_hash(&params).expect("password parameters are validated at load"),
+            dummy_hash: dummy_hash.to_string(),
             hashing: Offload::new(
                 config.password_hashes_in_flight_max,
                 config.password_hash_queue_max,

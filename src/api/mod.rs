@@ -109,8 +109,9 @@ pub struct Api {
 }
 
 impl Api {
-    /// The API served by `shard`.
-    pub fn new(shard: Rc<Shard>, config: &crate::config::Config) -> Api {
+    /// The API served by `shard`; `dummy_hash` is [`crate::auth::password::dummy_hash`] of the
+    /// configured password parameters (an argon2id hash: compute it once, off the executors).
+    pub fn new(shard: Rc<Shard>, config: &crate::config::Config, dummy_hash: &str) -> Api {
         use crate::http::Method::{Delete, Get, Post};
         let mut router = Router::default();
         router
@@ -137,7 +138,7 @@ impl Api {
         Api {
             shard,
             router,
-            auth: auth::Auth::new(&config.auth),
+            auth: auth::Auth::new(&config.auth, dummy_hash),
             money: money::Money::new(&config.money),
             request_id_prefix,
             request_counter: Cell::new(0),
