@@ -110,7 +110,7 @@ impl Transport for Stream {
         // client that keeps sending would keep its connection's task running while the shard's
         // other connections wait. Like tokio's cooperative budget, a connection goes to the back
         // of the run queue after `READ_BUDGET` reads in a row, or sooner when the executor asks
-        // (it polls for I/O and timers every `shard::PREEMPT_INTERVAL`).
+        // (glommio's preemption timer, after 100 ms of running).
         self.reads_left -= 1;
         if self.reads_left == 0 {
             self.reads_left = READ_BUDGET;
