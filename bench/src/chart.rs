@@ -294,10 +294,10 @@ struct Panel {
 /// One line of a panel: its legend, its colour (the same for the same legend in every panel) and
 /// its points, sorted by x.
 #[derive(Debug, Clone, PartialEq)]
-struct Series {
-    label: String,
-    color_index: usize,
-    points: Vec<(f64, f64)>,
+pub(crate) struct Series {
+    pub(crate) label: String,
+    pub(crate) color_index: usize,
+    pub(crate) points: Vec<(f64, f64)>,
 }
 
 /// The panels of a chart, scenarios and lines in the summary's order.
@@ -437,7 +437,7 @@ fn draw_chart<DB: DrawingBackend>(
 }
 
 /// Lines with their points, and a legend at `legend` (where the lines usually are not).
-fn draw_lines<'a, DB, X, Y>(
+pub(crate) fn draw_lines<'a, DB, X, Y>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
     series: &[Series],
     legend: SeriesLabelPosition,

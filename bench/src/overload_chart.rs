@@ -13,8 +13,8 @@ use plotters::prelude::*;
 use serde::Deserialize;
 
 use crate::chart::{
-    font, format_count, legend_corner, register_font, series_color, ChartError, AXIS_FONT_SIZE,
-    LEGEND_FONT_SIZE, PANEL_TITLE_FONT_SIZE, SERIES_MAX, SUMMARY_BYTES_MAX, TITLE_FONT_SIZE,
+    draw_lines, font, format_count, legend_corner, register_font, ChartError, Series, AXIS_FONT_SIZE,
+    PANEL_TITLE_FONT_SIZE, SERIES_MAX, SUMMARY_BYTES_MAX, TITLE_FONT_SIZE,
 };
 
 /// Width of the chart, in pixels (two panels side by side).
@@ -57,14 +57,6 @@ pub struct OverloadRow {
     pub ok_p99_us: Option<f64>,
 }
 
-/// A line: its label, colour and points sorted by x.
-#[derive(Debug, Clone, PartialEq)]
-struct Line {
-    label: String,
-    color_index: usize,
-    points: Vec<(f64, f64)>,
-}
-
 /// Reads a summary file.
 pub fn read_summary(path: &Path) -> Result<OverloadSummary, ChartError> {
     let read_error = |error| ChartError::Read {
@@ -91,10 +83,10 @@ pub fn output_path(summary_path: &Path) -> PathBuf {
 }
 
 /// The lines of one panel: per target in the summary's order, `y` of each row with both figures.
-fn lines(summary: &OverloadSummary, y: impl Fn(&OverloadRow) -> Option<f64>) -> Vec<Line> {
+fn lines(summary: &OverloadSummary, y: impl Fn(&OverloadRow) -> Option<f64>) -> Vec<Series> {
     let positive = |value: &f64| value.is_finite() && *value > 0.0;
     let mut targets: Vec<String> = Vec::new();
-    let mut lines: Vec<Line> = Vec::new();
+    let mut lines: Vec<Series> = Vec::new();
     for row in &summary.rows {
         let color_index = match targets.iter().position(|known| *known == row.target) {
             Some(index) => index,
@@ -108,7 +100,7 @@ fn lines(summary: &OverloadSummary, y: impl Fn(&OverloadRow) -> Option<f64>) -> 
         };
         match lines.iter_mut().find(|line| line.label == row.target) {
             Some(line) => line.points.push((x, y)),
-            None => lines.push(Line {
+            None => lines.push(Series {
                 label: row.target.clone(),
                 color_index,
                 points: vec![(x, y)],
@@ -154,8 +146,8 @@ fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
     summary: &OverloadSummary,
-    served: &[Line],
-    latency: &[Line],
+    served: &[Series],
+    latency: &[Series],
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     root.fill(&WHITE)?;
     let body = root.margin(12, 0, 0, 0).titled(title, font(TITLE_FONT_SIZE))?;
@@ -167,37 +159,9 @@ fn draw<DB: DrawingBackend>(
     draw_latency(&right, latency)
 }
 
-fn draw_lines<'a, DB, X, Y>(
-    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
-    lines: &[Line],
-) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
-where
-    DB: DrawingBackend + 'a,
-    X: Ranged<ValueType = f64>,
-    Y: Ranged<ValueType = f64>,
-{
-    for line in lines {
-        let color = series_color(line.color_index);
-        chart
-            .draw_series(LineSeries::new(
-                line.points.iter().copied(),
-                color.stroke_width(2),
-            ))?
-            .label(line.label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
-        chart.draw_series(PointSeries::of_element(
-            line.points.iter().copied(),
-            4,
-            color.filled(),
-            &|coordinate, size, style| EmptyElement::at(coordinate) + Circle::new((0, 0), size, style),
-        ))?;
-    }
-    Ok(())
-}
-
 fn draw_served<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
-    lines: &[Line],
+    lines: &[Series],
     capacity: Option<f64>,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let points = || lines.iter().flat_map(|line| line.points.iter());
@@ -235,20 +199,13 @@ fn draw_served<DB: DrawingBackend>(
             .label(format!("ideal: min(offered, C = {})", format_count(capacity)))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], gray.stroke_width(2)));
     }
-    draw_lines(&mut chart, lines)?;
     let corner = legend_corner(points().map(|p| (p.0 / x_max, p.1 / y_max)));
-    chart
-        .configure_series_labels()
-        .position(corner)
-        .label_font(font(LEGEND_FONT_SIZE))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .draw()
+    draw_lines(&mut chart, lines, corner)
 }
 
 fn draw_latency<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
-    lines: &[Line],
+    lines: &[Series],
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let points = || lines.iter().flat_map(|line| line.points.iter());
     let x_max = points().map(|p| p.0).fold(1.0, f64::max) * 1.05;
@@ -275,15 +232,8 @@ fn draw_latency<DB: DrawingBackend>(
         .x_label_formatter(&|x| format_count(*x))
         .y_label_formatter(&|y| format_count(*y))
         .draw()?;
-    draw_lines(&mut chart, lines)?;
     let corner = legend_corner(points().map(|p| (p.0 / x_max, (p.1 / y_min).ln() / (y_max / y_min).ln())));
-    chart
-        .configure_series_labels()
-        .position(corner)
-        .label_font(font(LEGEND_FONT_SIZE))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .draw()
+    draw_lines(&mut chart, lines, corner)
 }
 
 #[cfg(test)]
