@@ -74,11 +74,31 @@ struct Seen {
     refused: AtomicU64,
 }
 
+/// A running load: its threads, what they saw, and the flag that stops them.
+struct Load {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Seen>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Stops the loading threads and waits for them (any failure of theirs fails the test).
+    fn finish(self) -> Arc<Seen> {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().expect("a loading thread failed");
+        }
+        self.seen
+    }
+}
+
 /// Loads the server from `THREADS` connections with pipelined unauthenticated balance reads
-/// (401 when admitted, 503 when refused) until `stop` is set, checking every answer's id (so
+/// (401 when admitted, 503 when refused) until [`Load::finish`], checking every answer's id (so
 /// the pipeline stays in order) and that the connection is never closed.
-fn load(port: u16, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> Vec<std::thread::JoinHandle<()>> {
-    (0..THREADS)
+fn load(port: u16) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Seen::default());
+    let threads = (0..THREADS)
         .map(|thread| {
             let stop = stop.clone();
             let seen = seen.clone();
@@ -116,15 +136,14 @@ fn load(port: u16, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> Vec<std::thread::J
                 }
             })
         })
-        .collect()
+        .collect();
+    Load { stop, seen, threads }
 }
 
 #[test]
 fn a_shard_behind_its_target_refuses_api_requests_but_not_operations_and_recovers() {
     let server = start(true);
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Seen::default());
-    let threads = load(server.port, stop.clone(), seen.clone());
+    let load = load(server.port);
     let started = Instant::now();
     // While refusing, the operations endpoints and the benchmark endpoints are answered.
     let mut operations_checked_while_refusing = 0;
@@ -135,15 +154,12 @@ fn a_shard_behind_its_target_refuses_api_requests_but_not_operations_and_recover
         assert!(get(server.port, "/metrics")
             .text()
             .contains("shardpay_shed_share"));
-        if seen.refused.load(Ordering::Relaxed) > 0 {
+        if load.seen.refused.load(Ordering::Relaxed) > 0 {
             operations_checked_while_refusing += 1;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    stop.store(true, Ordering::Relaxed);
-    for thread in threads {
-        thread.join().expect("a loading thread failed");
-    }
+    let seen = load.finish();
     let refused = seen.refused.load(Ordering::Relaxed);
     let admitted = seen.admitted.load(Ordering::Relaxed);
     assert!(
@@ -185,9 +201,7 @@ fn a_shard_behind_its_target_refuses_api_requests_but_not_operations_and_recover
 #[test]
 fn disabled_admission_never_refuses_under_the_same_load() {
     let server = start(false);
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Seen::default());
-    let threads = load(server.port, stop.clone(), seen.clone());
+    let load = load(server.port);
     // Load until the shard has measured a delay above the target (which would refuse if enabled).
     let started = Instant::now();
     let mut delay_seen = 0.0f64;
@@ -195,10 +209,7 @@ fn disabled_admission_never_refuses_under_the_same_load() {
         delay_seen = delay_seen.max(metric(server.port, "shardpay_queue_delay_seconds"));
         std::thread::sleep(Duration::from_millis(10));
     }
-    stop.store(true, Ordering::Relaxed);
-    for thread in threads {
-        thread.join().expect("a loading thread failed");
-    }
+    let seen = load.finish();
     assert!(delay_seen > 1e-3, "the load never delayed the shard beyond 1 ms");
     assert_eq!(seen.refused.load(Ordering::Relaxed), 0);
     assert!(seen.admitted.load(Ordering::Relaxed) > 0);
@@ -270,9 +281,7 @@ fn a_refused_payment_did_nothing_and_its_key_is_still_free() {
     );
     assert_eq!(response.status, 201, "{}", response.text());
     // Pipelined payments of 1 each (with the load beside them) until some are refused.
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Seen::default());
-    let threads = load(port, stop.clone(), seen.clone());
+    let load = load(port);
     let body = json!({"to": "overload-payee", "amount": 1, "currency": "USD"}).to_string();
     let mut client = Client::connect(port);
     let mut paid = 0u64;
@@ -306,10 +315,7 @@ fn a_refused_payment_did_nothing_and_its_key_is_still_free() {
         }
         batch_number += 1;
     }
-    stop.store(true, Ordering::Relaxed);
-    for thread in threads {
-        thread.join().expect("a loading thread failed");
-    }
+    load.finish();
     assert!(!refused_keys.is_empty(), "no payment was refused in {PATIENCE:?}");
     // Only the admitted payments moved money.
     assert_eq!(available(port, &payer), DEPOSIT - paid);
