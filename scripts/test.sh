@@ -1,19 +1,58 @@
 #!/usr/bin/env bash
 # The whole check, as CI runs it: formatting, lints (warnings are errors), and every test of the
-# workspace (unit tests, and integration tests that start the real binary on loopback ports).
+# workspace (unit tests, and integration tests that start the real binary on loopback ports),
+# including tests/scylla.rs against a real Apache Cassandra node.
+#
+# The Cassandra tests use the node CASSANDRA_NODE names (host:port) when it is set; otherwise
+# this script starts one with scripts/cassandra.sh (the first time fetches it with mvn) and
+# stops it at the end if it was not running before.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+log=$(mktemp)
+started_cassandra=0
+cleanup() {
+  rm -f "$log"
+  if [ "$started_cassandra" = 1 ]; then
+    scripts/cassandra.sh stop >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+if [ -z "${CASSANDRA_NODE:-}" ]; then
+  if ! scripts/cassandra.sh status >/dev/null 2>&1; then
+    started_cassandra=1
+  fi
+  # Starts in the background while the checks below compile; waited for before its tests.
+  scripts/cassandra.sh start >"$log.cassandra" 2>&1 &
+  cassandra_pid=$!
+fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
 set +e
 cargo test --workspace 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+echo "== cargo test --test scylla -- --ignored (a real Cassandra node)"
+if [ -z "${CASSANDRA_NODE:-}" ]; then
+  if wait "$cassandra_pid"; then
+    cat "$log.cassandra"
+    export CASSANDRA_NODE="127.0.0.1:${CASSANDRA_PORT:-9042}"
+  else
+    cat "$log.cassandra"
+    echo "scripts/cassandra.sh start failed: the Cassandra tests cannot run" >&2
+    status=1
+  fi
+  rm -f "$log.cassandra"
+fi
+if [ -n "${CASSANDRA_NODE:-}" ]; then
+  set +e
+  cargo test --test scylla -- --ignored 2>&1 | tee -a "$log"
+  scylla_status=${PIPESTATUS[0]}
+  set -e
+  [ "$scylla_status" = 0 ] || status=$scylla_status
+fi
 # One closing line for the whole run: the sum of every test binary's result line.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

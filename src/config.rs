@@ -32,6 +32,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Refusing work when a shard falls behind.
     pub overload: OverloadConfig,
+    /// The ScyllaDB (or Apache Cassandra) cluster of the scale-out store.
+    pub scylla: ScyllaConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -143,6 +145,179 @@ impl OverloadConfig {
         }
         if !(1..=3600).contains(&self.retry_after_seconds) {
             return Err(error("overload.retry_after_seconds", "must be from 1 to 3600"));
+        }
+        Ok(())
+    }
+}
+
+/// `[scylla]`: the ScyllaDB or Apache Cassandra cluster (`shardpay db ...`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScyllaConfig {
+    /// Contact points, `host:port`, comma-separated; the driver discovers the other nodes.
+    pub nodes: String,
+    /// Keyspace of shardpay's tables.
+    pub keyspace: String,
+    /// Replication of the keyspace `shardpay db migrate` creates, as NetworkTopologyStrategy
+    /// factors per datacenter: `"dc1:3,dc2:3"`.
+    pub replication: String,
+    /// Datacenter whose nodes the driver prefers (DC-aware load balancing); empty: any.
+    pub local_datacenter: String,
+    /// Consistency of reads and writes: ONE, TWO, THREE, QUORUM, ALL, LOCAL_QUORUM, EACH_QUORUM,
+    /// LOCAL_ONE.
+    pub consistency: String,
+    /// Consistency of the Paxos phase of lightweight transactions (slot leases): SERIAL or
+    /// LOCAL_SERIAL.
+    pub serial_consistency: String,
+    /// User name for PasswordAuthenticator; empty: no authentication.
+    pub username: String,
+    /// Its password (set it from the environment: SHARDPAY_SCYLLA_PASSWORD).
+    pub password: String,
+    /// Longest wait for a connection to a node.
+    pub connect_timeout_ms: u64,
+    /// Longest wait for one statement's answer, retries included.
+    pub request_timeout_ms: u64,
+    /// Statements the bridge keeps in flight at once; more wait in its queue.
+    pub in_flight_max: usize,
+    /// Requests the bridge's queue holds; a shard sending to a full queue waits (backpressure).
+    pub queue_depth: usize,
+    /// How long a node's lease on its slots lasts without renewal (renewed every third of it).
+    pub lease_seconds: u64,
+}
+
+impl Default for ScyllaConfig {
+    fn default() -> Self {
+        ScyllaConfig {
+            nodes: "127.0.0.1:9042".to_string(),
+            keyspace: "shardpay".to_string(),
+            replication: "datacenter1:1".to_string(),
+            local_datacenter: String::new(),
+            consistency: "LOCAL_QUORUM".to_string(),
+            serial_consistency: "LOCAL_SERIAL".to_string(),
+            username: String::new(),
+            password: String::new(),
+            connect_timeout_ms: 5000,
+            request_timeout_ms: 5000,
+            in_flight_max: 256,
+            queue_depth: 4096,
+            lease_seconds: 30,
+        }
+    }
+}
+
+/// Consistency levels `scylla.consistency` accepts.
+pub const CONSISTENCY_LEVELS: &[&str] = &[
+    "ONE",
+    "TWO",
+    "THREE",
+    "QUORUM",
+    "ALL",
+    "LOCAL_QUORUM",
+    "EACH_QUORUM",
+    "LOCAL_ONE",
+];
+
+impl ScyllaConfig {
+    /// The contact points (validated).
+    pub fn node_list(&self) -> Vec<String> {
+        self.nodes
+            .split(',')
+            .map(str::trim)
+            .filter(|node| !node.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `scylla.replication` as (datacenter, factor) pairs (validated).
+    pub fn replication_factors(&self) -> Result<Vec<(String, u32)>, ConfigError> {
+        let mut factors: Vec<(String, u32)> = Vec::new();
+        for part in self.replication.split(',').map(str::trim) {
+            let parsed = part.split_once(':').and_then(|(dc, factor)| {
+                let dc = dc.trim();
+                let factor = factor.trim().parse::<u32>().ok()?;
+                let name_ok = !dc.is_empty()
+                    && dc.len() <= 48
+                    && dc
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                (name_ok && (1..=15).contains(&factor)).then(|| (dc.to_string(), factor))
+            });
+            let Some((dc, factor)) = parsed else {
+                return Err(error(
+                    "scylla.replication",
+                    format!(
+                        "expected DATACENTER:FACTOR pairs such as \"dc1:3,dc2:3\" (factor 1 to 15), got {:?}",
+                        self.replication
+                    ),
+                ));
+            };
+            if factors.iter().any(|(seen, _)| *seen == dc) {
+                return Err(error(
+                    "scylla.replication",
+                    format!("datacenter {dc} named twice"),
+                ));
+            }
+            factors.push((dc, factor));
+        }
+        Ok(factors)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let nodes = self.node_list();
+        if nodes.is_empty() {
+            return Err(error("scylla.nodes", "must name at least one host:port"));
+        }
+        for node in &nodes {
+            let port = node.rsplit_once(':').and_then(|(host, port)| {
+                (!host.is_empty()).then_some(())?;
+                port.parse::<u16>().ok().filter(|port| *port != 0)
+            });
+            if port.is_none() {
+                return Err(error("scylla.nodes", format!("expected host:port, got {node:?}")));
+            }
+        }
+        let keyspace = &self.keyspace;
+        if keyspace.is_empty()
+            || keyspace.len() > 48
+            || !keyspace.starts_with(|c: char| c.is_ascii_lowercase())
+            || !keyspace
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(error(
+                "scylla.keyspace",
+                "must be 1 to 48 characters: a lowercase letter, then lowercase letters, digits and _",
+            ));
+        }
+        self.replication_factors()?;
+        if !CONSISTENCY_LEVELS.contains(&self.consistency.as_str()) {
+            return Err(error(
+                "scylla.consistency",
+                format!("must be one of {}", CONSISTENCY_LEVELS.join(", ")),
+            ));
+        }
+        if !["SERIAL", "LOCAL_SERIAL"].contains(&self.serial_consistency.as_str()) {
+            return Err(error(
+                "scylla.serial_consistency",
+                "must be SERIAL or LOCAL_SERIAL",
+            ));
+        }
+        if self.username.is_empty() != self.password.is_empty() {
+            return Err(error(
+                "scylla.password",
+                "scylla.username and scylla.password are set together or not at all",
+            ));
+        }
+        positive("scylla.connect_timeout_ms", self.connect_timeout_ms)?;
+        positive("scylla.request_timeout_ms", self.request_timeout_ms)?;
+        if !(1..=65_536).contains(&self.in_flight_max) {
+            return Err(error("scylla.in_flight_max", "must be from 1 to 65536"));
+        }
+        if !(1..=1_048_576).contains(&self.queue_depth) {
+            return Err(error("scylla.queue_depth", "must be from 1 to 1048576"));
+        }
+        if !(3..=3600).contains(&self.lease_seconds) {
+            return Err(error("scylla.lease_seconds", "must be from 3 to 3600"));
         }
         Ok(())
     }
@@ -675,6 +850,7 @@ impl Config {
         self.storage.validate()?;
         self.tls.validate()?;
         self.overload.validate()?;
+        self.scylla.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|err| error("log.level", format!("not a valid filter: {err}")))?;
         Ok(())
@@ -923,6 +1099,43 @@ fn parse_cpu(text: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scylla_settings_are_checked() {
+        let load = |pairs: &[(&str, &str)]| Config::load(None, env(pairs), &Overrides::default());
+        let config = load(&[
+            ("SHARDPAY_SCYLLA_NODES", "10.0.0.1:9042, db2:19042"),
+            ("SHARDPAY_SCYLLA_REPLICATION", "dc1:3,dc2:2"),
+        ])
+        .unwrap();
+        assert_eq!(config.scylla.node_list(), ["10.0.0.1:9042", "db2:19042"]);
+        assert_eq!(
+            config.scylla.replication_factors().unwrap(),
+            [("dc1".to_string(), 3), ("dc2".to_string(), 2)]
+        );
+        for (name, value, key) in [
+            ("SHARDPAY_SCYLLA_NODES", "", "scylla.nodes"),
+            ("SHARDPAY_SCYLLA_NODES", "db1", "scylla.nodes"),
+            ("SHARDPAY_SCYLLA_NODES", "db1:0", "scylla.nodes"),
+            ("SHARDPAY_SCYLLA_KEYSPACE", "Shard-Pay", "scylla.keyspace"),
+            ("SHARDPAY_SCYLLA_REPLICATION", "3", "scylla.replication"),
+            ("SHARDPAY_SCYLLA_REPLICATION", "dc1:0", "scylla.replication"),
+            ("SHARDPAY_SCYLLA_REPLICATION", "dc1:3,dc1:3", "scylla.replication"),
+            ("SHARDPAY_SCYLLA_REPLICATION", "dc'1:3", "scylla.replication"),
+            ("SHARDPAY_SCYLLA_CONSISTENCY", "MOST", "scylla.consistency"),
+            (
+                "SHARDPAY_SCYLLA_SERIAL_CONSISTENCY",
+                "QUORUM",
+                "scylla.serial_consistency",
+            ),
+            ("SHARDPAY_SCYLLA_USERNAME", "shardpay", "scylla.password"),
+            ("SHARDPAY_SCYLLA_LEASE_SECONDS", "1", "scylla.lease_seconds"),
+            ("SHARDPAY_SCYLLA_QUEUE_DEPTH", "0", "scylla.queue_depth"),
+        ] {
+            let err = load(&[(name, value)]).unwrap_err();
+            assert_eq!(err.key, key, "{name}={value}: {err}");
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

@@ -23,6 +23,27 @@ enum Command {
     /// Make a development certificate authority (once) and a server certificate signed by it,
     /// for tls.cert_path and tls.key_path. Not for production.
     GenCert(GenCertArgs),
+    /// Work on the ScyllaDB or Cassandra cluster of [scylla] (see docs/STORAGE.md).
+    Db(DbArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DbArgs {
+    #[command(subcommand)]
+    command: DbSubcommand,
+    /// TOML configuration file (see config/default.toml); without it, built-in defaults.
+    #[arg(long, value_name = "PATH", global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+enum DbSubcommand {
+    /// Create the keyspace and every missing table; safe to repeat.
+    Migrate,
+    /// Print the schema version the keyspace records (fails when not migrated).
+    Status,
+    /// List the slot leases: which node holds which slots, and until when.
+    Leases,
 }
 
 #[derive(Debug, clap::Args)]
@@ -104,6 +125,33 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Db(args) => {
+            let serve_args = ServeArgs {
+                config: args.config.clone(),
+                shards: None,
+                cpus: None,
+                listen: None,
+                shard_port_base: None,
+                repair: false,
+            };
+            let config = match load(&serve_args) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            use shardpay::storage::scylla::cli::{self, DbCommand};
+            let command = match args.command {
+                DbSubcommand::Migrate => DbCommand::Migrate,
+                DbSubcommand::Status => DbCommand::Status,
+                DbSubcommand::Leases => DbCommand::Leases,
+            };
+            match cli::run(&config.scylla, command, &mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("shardpay: db: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve(args) => {
             let config = match load(&args) {
                 Ok(config) => config,

@@ -13,6 +13,7 @@ pub mod frame;
 pub mod journal;
 pub mod layout;
 pub mod recovery;
+pub mod scylla;
 pub mod snapshot;
 pub mod writer;
 
