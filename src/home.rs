@@ -15,7 +15,7 @@ use crate::payments::ledger::{self, Currency, Ledger, LedgerError, Payment, Tran
 use crate::ratelimit::Limiter;
 use crate::slots::Slot;
 use crate::slots::UserId;
-use crate::storage::{Log, MemoryLog, Record};
+use crate::storage::{Log, MemoryLog, Record, StateView};
 
 /// A user-scoped request to the user's home shard.
 #[derive(Debug)]
@@ -688,6 +688,13 @@ impl Home {
         if !events.is_empty() {
             let records: Vec<Record> = events.iter().cloned().map(Record::Auth).collect();
             self.log.append(&records);
+            self.log.before_apply(
+                &records,
+                &StateView {
+                    auth: &self.auth,
+                    ledger: &self.ledger,
+                },
+            );
             for event in &events {
                 self.auth.apply(event);
             }
@@ -767,6 +774,13 @@ impl Home {
             .chain(pending)
             .collect();
         self.log.append(&records);
+        self.log.before_apply(
+            &records,
+            &StateView {
+                auth: &self.auth,
+                ledger: &self.ledger,
+            },
+        );
         for record in records {
             self.apply(record);
         }
@@ -822,6 +836,47 @@ impl Home {
     /// The shard's money (read-only; for checks and tests).
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// The shard's users and sessions (read-only).
+    pub fn auth(&self) -> &AuthState {
+        &self.auth
+    }
+
+    /// The shard's idempotency keys (read-only).
+    pub fn idempotency(&self) -> &idempotency::Store {
+        &self.idempotency
+    }
+
+    /// The answer waiting for a cross-shard transfer's acknowledgement: the idempotency key's
+    /// scope and key, and the 201 body.
+    pub fn pending_answer(&self, transfer: &str) -> Option<(&Scope, &str, &[u8])> {
+        self.pending
+            .get(transfer)
+            .map(|pending| (&pending.scope, pending.key.as_str(), pending.answer.as_slice()))
+    }
+
+    /// Replaces the logged state with one loaded from rows (the ScyllaDB store): users and
+    /// sessions, money, the idempotency keys as the changes that make them, and the answers
+    /// waiting for acknowledgements (transfer, scope, key, body).
+    pub fn restore_parts(
+        &mut self,
+        auth: AuthState,
+        ledger: Ledger,
+        keys: Vec<Change>,
+        pending: Vec<(String, Scope, String, Vec<u8>)>,
+    ) {
+        self.auth = auth;
+        self.ledger = ledger;
+        let (retention_ms, entries_max) = self.idempotency_limits;
+        self.idempotency = idempotency::Store::new(retention_ms, entries_max);
+        for change in &keys {
+            self.idempotency.apply(change);
+        }
+        self.pending = pending
+            .into_iter()
+            .map(|(transfer, scope, key, answer)| (transfer, PendingAnswer { scope, key, answer }))
+            .collect();
     }
 
     /// Replays records read back from the log (recovery), in order.
@@ -921,6 +976,24 @@ struct State {
     ledger: Ledger,
     idempotency: idempotency::Store,
     pending: HashMap<String, PendingAnswer>,
+}
+
+impl crate::storage::scylla::rows::StateSource for Home {
+    fn auth(&self) -> &AuthState {
+        &self.auth
+    }
+
+    fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    fn idempotency(&self) -> &idempotency::Store {
+        &self.idempotency
+    }
+
+    fn pending_answer(&self, transfer: &str) -> Option<(&Scope, &str, &[u8])> {
+        Home::pending_answer(self, transfer)
+    }
 }
 
 /// [`State`] borrowed, to encode without copying (same fields, same order).

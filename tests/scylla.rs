@@ -339,3 +339,391 @@ fn the_bridge_serves_callers_on_any_runtime_through_a_small_queue() {
     drop(bridge);
     let _ = Duration::ZERO;
 }
+
+mod round_trip {
+    //! A shard's state written as rows, batch by batch as the writer cuts them, and loaded back:
+    //! the loaded state must hold the same facts.
+
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::HashSet;
+    use std::rc::Rc;
+
+    use shardpay::config::{AuthConfig, MoneyConfig};
+    use shardpay::home::{Home, UserAction, UserCommand, UserReply};
+    use shardpay::payments::idempotency::Scope;
+    use shardpay::payments::ledger::{Currency, Payment, Transfer};
+    use shardpay::slots::{slot_range, Slot, UserId};
+    use shardpay::storage::scylla::rows::{self, Loaded, RowKey, Statements};
+    use shardpay::storage::{Log, Record, StateView};
+
+    const SHARDS: usize = 2;
+
+    /// The writer's side of a shard: the keys its frames touched since the last cut.
+    #[derive(Clone, Default)]
+    struct Touched(Rc<RefCell<HashSet<RowKey>>>);
+
+    impl Log for Touched {
+        fn append(&mut self, _records: &[Record]) {}
+
+        fn before_apply(&mut self, records: &[Record], state: &StateView<'_>) {
+            rows::keys_of(records, state, &mut *self.0.borrow_mut());
+        }
+    }
+
+    struct World {
+        homes: Vec<Home>,
+        touched: Vec<Touched>,
+        now_ms: u64,
+        next: u64,
+    }
+
+    fn usd() -> Currency {
+        Currency::parse("USD").unwrap()
+    }
+
+    impl World {
+        fn new() -> World {
+            let touched: Vec<Touched> = (0..SHARDS).map(|_| Touched::default()).collect();
+            let homes = touched
+                .iter()
+                .enumerate()
+                .map(|(shard, log)| {
+                    Home::new(shard, SHARDS, &AuthConfig::default(), &MoneyConfig::default())
+                        .with_log(Box::new(log.clone()))
+                })
+                .collect();
+            World {
+                homes,
+                touched,
+                now_ms: 1_900_000_000_000,
+                next: 0,
+            }
+        }
+
+        fn tick(&mut self) -> u64 {
+            self.now_ms += 7;
+            self.next += 1;
+            self.next
+        }
+
+        fn run(&mut self, user: &UserId, command: UserCommand) -> UserReply {
+            self.homes[user.slot().shard(SHARDS)].execute(command)
+        }
+
+        /// A user whose home is `shard`.
+        fn user(&mut self, shard: usize) -> UserId {
+            loop {
+                let n = self.tick();
+                let username = format!("user{n}");
+                let slot = Slot::of_username(&username);
+                if slot.shard(SHARDS) != shard {
+                    continue;
+                }
+                let id = UserId::new(slot, [n as u8, 1, 2, 3, 4, 5, 6, 7, 8, (n >> 8) as u8]);
+                let reply = self.homes[shard].execute(UserCommand::CreateUser {
+                    id: id.clone(),
+                    username,
+                    password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
+                    now_ms: self.now_ms,
+                });
+                assert!(matches!(reply, UserReply::User(_)), "{reply:?}");
+                return id;
+            }
+        }
+
+        fn login(&mut self, user: &UserId) -> (String, [u8; 32]) {
+            let n = self.tick();
+            let session = format!("ses_{n:024x}");
+            let hash = [n as u8; 32];
+            let now_ms = self.now_ms;
+            let reply = self.run(
+                user,
+                UserCommand::CreateSession {
+                    user: user.clone(),
+                    session: session.clone(),
+                    refresh_hash: hash,
+                    refresh_expires_at_ms: now_ms + 86_400_000,
+                    now_ms,
+                },
+            );
+            assert!(matches!(reply, UserReply::Session { .. }), "{reply:?}");
+            (session, hash)
+        }
+
+        fn refresh(&mut self, user: &UserId, presented: [u8; 32]) -> [u8; 32] {
+            let n = self.tick();
+            let replacement = [n as u8 ^ 0x5a; 32];
+            let now_ms = self.now_ms;
+            let reply = self.run(
+                user,
+                UserCommand::Refresh {
+                    presented,
+                    replacement,
+                    refresh_expires_at_ms: now_ms + 86_400_000,
+                    now_ms,
+                },
+            );
+            assert!(matches!(reply, UserReply::Session { .. }), "{reply:?}");
+            replacement
+        }
+
+        fn deposit(&mut self, user: &UserId, amount: u64) {
+            let n = self.tick();
+            let key = format!("deposit-{n}");
+            let home = Slot::of_bytes(key.as_bytes()).shard(SHARDS);
+            let now_ms = self.now_ms;
+            let begin = self.homes[home].execute(UserCommand::IdempotencyBegin {
+                scope: Scope::Admin,
+                key: key.clone(),
+                fingerprint: [n as u8; 32],
+                now_ms,
+            });
+            assert!(matches!(begin, UserReply::Idempotency(_)), "{begin:?}");
+            let reply = self.run(
+                user,
+                UserCommand::Deposit {
+                    id: format!("dep_{n:024x}"),
+                    user: user.clone(),
+                    amount,
+                    currency: usd(),
+                },
+            );
+            assert!(matches!(reply, UserReply::Done), "{reply:?}");
+            self.homes[home].execute(UserCommand::IdempotencyComplete {
+                scope: Scope::Admin,
+                key,
+                status: 201,
+                body: format!("{{\"deposit\":{n}}}").into_bytes(),
+            });
+        }
+
+        /// A keyed payment; a cross-shard one is received, and settled when `settle`.
+        fn pay(&mut self, from: &UserId, to: &UserId, amount: u64, settle: bool) -> String {
+            let n = self.tick();
+            let key = format!("pay-{n}");
+            let now_ms = self.now_ms;
+            let session = self.homes[from.slot().shard(SHARDS)]
+                .auth()
+                .sessions_of(from)
+                .first()
+                .map(|session| session.id.clone())
+                .expect("the payer is logged in");
+            let begin = self.run(
+                from,
+                UserCommand::Authenticated {
+                    user: from.clone(),
+                    session,
+                    now_ms,
+                    action: UserAction::BeginIdempotent {
+                        key: key.clone(),
+                        fingerprint: [n as u8; 32],
+                    },
+                },
+            );
+            assert!(matches!(begin, UserReply::Idempotency(_)), "{begin:?}");
+            let payment = Payment {
+                id: format!("pay_{n:024x}"),
+                from: from.clone(),
+                to: to.clone(),
+                amount,
+                currency: usd(),
+                description: (n % 2 == 0).then(|| format!("payment {n}")),
+                amount_refunded: 0,
+                created_at_ms: now_ms,
+            };
+            let id = payment.id.clone();
+            match self.run(
+                from,
+                UserCommand::Pay {
+                    payment,
+                    key,
+                    answer: format!("{{\"payment\":{n}}}").into_bytes(),
+                    now_ms,
+                },
+            ) {
+                UserReply::Done => {}
+                UserReply::Transfer(transfer) => self.deliver(from, to, transfer, settle),
+                other => panic!("{other:?}"),
+            }
+            id
+        }
+
+        fn deliver(&mut self, sender: &UserId, recipient: &UserId, transfer: Transfer, settle: bool) {
+            let id = transfer.id().to_string();
+            let reply = self.run(recipient, UserCommand::Receive(transfer));
+            assert!(matches!(reply, UserReply::Done), "{reply:?}");
+            if settle {
+                let reply = self.run(sender, UserCommand::Settle { transfer: id });
+                assert!(matches!(reply, UserReply::Done), "{reply:?}");
+            }
+        }
+
+        fn refund(&mut self, payee: &UserId, payer: &UserId, payment: &str, amount: u64, settle: bool) {
+            let n = self.tick();
+            let now_ms = self.now_ms;
+            match self.run(
+                payee,
+                UserCommand::Refund {
+                    refund: format!("ref_{n:024x}"),
+                    payment: payment.to_string(),
+                    by: payee.clone(),
+                    amount,
+                    key: format!("refund-{n}"),
+                    answer: b"{}".to_vec(),
+                    now_ms,
+                },
+            ) {
+                UserReply::Done => {}
+                UserReply::Transfer(transfer) => self.deliver(payee, payer, transfer, settle),
+                other => panic!("{other:?}"),
+            }
+        }
+
+        /// What the writer does when it cuts a batch: every touched row's current value.
+        fn cut(&mut self, shard: usize) -> Vec<rows::Write> {
+            let keys: Vec<RowKey> = self.touched[shard].0.borrow_mut().drain().collect();
+            rows::writes_of(keys.iter(), &self.homes[shard], self.now_ms)
+        }
+    }
+
+    #[test]
+    #[ignore = "needs Cassandra (see the module documentation)"]
+    fn a_shards_state_loads_back_from_its_rows() {
+        let keyspace = fresh_keyspace("rows");
+        let config = migrated(&keyspace);
+        let mut world = World::new();
+        let runtime = runtime().unwrap();
+        let session = runtime.block_on(connect(&config)).unwrap();
+        let statements = runtime
+            .block_on(Statements::prepare(&session, &keyspace))
+            .unwrap();
+        let mut timestamp = 1_i64 << 40;
+        let mut flush = |world: &mut World| {
+            for shard in 0..SHARDS {
+                let writes = world.cut(shard);
+                runtime
+                    .block_on(rows::write(&session, &statements, &writes, timestamp))
+                    .unwrap();
+                timestamp += 2;
+            }
+        };
+
+        let (a, b) = (world.user(0), world.user(0));
+        let (c, d) = (world.user(1), world.user(1));
+        for user in [&a, &b, &c, &d] {
+            world.login(user);
+        }
+        let (_, first) = world.login(&a);
+        let second = world.refresh(&a, first);
+        flush(&mut world);
+        let third = world.refresh(&a, second);
+        world.refresh(&a, third);
+        let (revoked, _) = world.login(&b);
+        let now_ms = world.now_ms;
+        world.run(
+            &b,
+            UserCommand::Authenticated {
+                user: b.clone(),
+                session: revoked,
+                now_ms,
+                action: UserAction::RevokeCurrent,
+            },
+        );
+        for (user, amount) in [(&a, 10_000), (&b, 5_000), (&c, 7_000), (&d, 1_000)] {
+            world.deposit(user, amount);
+        }
+        flush(&mut world);
+
+        let local = world.pay(&a, &b, 1_200, true);
+        let settled = world.pay(&a, &c, 800, true);
+        let unsettled = world.pay(&c, &a, 300, false);
+        world.pay(&d, &b, 250, true);
+        flush(&mut world);
+        world.refund(&b, &a, &local, 200, true);
+        world.refund(&c, &a, &settled, 100, false);
+        world.pay(&b, &a, 50, true);
+        // A key claimed and never answered: it loads as running.
+        let now_ms = world.now_ms;
+        let session_c = world.homes[1].auth().sessions_of(&c)[0].id.clone();
+        world.run(
+            &c,
+            UserCommand::Authenticated {
+                user: c.clone(),
+                session: session_c,
+                now_ms,
+                action: UserAction::BeginIdempotent {
+                    key: "never-answered".into(),
+                    fingerprint: [9; 32],
+                },
+            },
+        );
+        flush(&mut world);
+
+        for (shard, original) in world.homes.iter().enumerate() {
+            let (first, last) = slot_range(shard, SHARDS);
+            let slots: Vec<i32> = (first as i32..=last as i32).collect();
+            let mut loaded = Loaded::default();
+            for group in slots.chunks(512) {
+                loaded.extend(
+                    runtime
+                        .block_on(rows::load(&session, &statements, group))
+                        .unwrap(),
+                );
+            }
+            let mut restored = Home::new(shard, SHARDS, &AuthConfig::default(), &MoneyConfig::default());
+            restored.restore_parts(
+                shardpay::auth::state::AuthState::restore(loaded.users, loaded.sessions),
+                shardpay::payments::ledger::Ledger::restore(loaded.ledger),
+                loaded.keys,
+                loaded.pending,
+            );
+            let ledger = original.ledger();
+            assert!(
+                ledger.same_facts(restored.ledger()),
+                "shard {shard}: the ledger differs\noriginal: {ledger:?}\nrestored: {:?}",
+                restored.ledger()
+            );
+            assert!(restored.ledger().conserved());
+            assert_eq!(
+                original.idempotency(),
+                restored.idempotency(),
+                "shard {shard}: idempotency keys differ"
+            );
+            for user in [&a, &b, &c, &d] {
+                assert_eq!(original.auth().user(user), restored.auth().user(user));
+                let view = |home: &Home| {
+                    home.auth()
+                        .sessions_of(user)
+                        .into_iter()
+                        .map(|s| {
+                            (
+                                s.id.clone(),
+                                s.created_at_ms,
+                                s.refresh_hash,
+                                s.refresh_expires_at_ms,
+                                s.rotated().copied().collect::<Vec<_>>(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(view(original), view(&restored), "sessions of {user}");
+            }
+            assert_eq!(
+                original.pending_answer(&unsettled),
+                restored.pending_answer(&unsettled)
+            );
+        }
+        // The facts the scenario made are there, not just equal: the unsettled payment and
+        // refund wait in their senders' outboxes, with the payment's answer.
+        let shard_of = |user: &UserId| user.slot().shard(SHARDS);
+        assert!(world.homes[shard_of(&c)].ledger().outgoing(&unsettled).is_some());
+        assert!(world.homes[shard_of(&c)].pending_answer(&unsettled).is_some());
+        assert_eq!(
+            world.homes[shard_of(&a)].auth().sessions_of(&a)[1]
+                .rotated()
+                .count(),
+            3
+        );
+    }
+}

@@ -58,6 +58,35 @@ pub struct Session {
     rotated: VecDeque<TokenHash>,
 }
 
+impl Session {
+    /// A session as stored: `rotated` holds the earlier refresh-token hashes, oldest first (only
+    /// the newest [`ROTATED_TOKENS_PER_SESSION_MAX`] are kept).
+    pub fn restored(
+        id: String,
+        user: UserId,
+        created_at_ms: u64,
+        refresh_hash: TokenHash,
+        refresh_expires_at_ms: u64,
+        rotated: Vec<TokenHash>,
+    ) -> Session {
+        let skip = rotated.len().saturating_sub(ROTATED_TOKENS_PER_SESSION_MAX);
+        Session {
+            id,
+            user,
+            created_at_ms,
+            last_used_at_ms: created_at_ms,
+            refresh_hash,
+            refresh_expires_at_ms,
+            rotated: rotated.into_iter().skip(skip).collect(),
+        }
+    }
+
+    /// The earlier refresh-token hashes remembered for reuse detection, oldest first.
+    pub fn rotated(&self) -> impl Iterator<Item = &TokenHash> {
+        self.rotated.iter()
+    }
+}
+
 /// A request to change the auth state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -227,6 +256,40 @@ impl AuthState {
             .get(user)
             .map(|ids| ids.iter().filter_map(|id| self.sessions.get(id)).collect())
             .unwrap_or_default()
+    }
+
+    /// A live session by id, whoever owns it.
+    pub fn session_by_id(&self, session: &str) -> Option<&Session> {
+        self.sessions.get(session)
+    }
+
+    /// A state holding `users` and their `sessions` (the ScyllaDB store's load): what applying
+    /// the events that made them would have built. A session whose user is not among `users` is
+    /// dropped; a user's sessions are ordered by creation time.
+    pub fn restore(users: Vec<User>, mut sessions: Vec<Session>) -> AuthState {
+        let mut state = AuthState::new();
+        for user in users {
+            state.apply(&Event::UserCreated(user));
+        }
+        sessions.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        for session in sessions {
+            if !state.users.contains_key(&session.user) {
+                continue;
+            }
+            state
+                .refresh_tokens
+                .insert(session.refresh_hash, session.id.clone());
+            for rotated in &session.rotated {
+                state.refresh_tokens.insert(*rotated, session.id.clone());
+            }
+            state
+                .sessions_by_user
+                .entry(session.user.clone())
+                .or_default()
+                .push(session.id.clone());
+            state.sessions.insert(session.id.clone(), session);
+        }
+        state
     }
 
     /// Records an authenticated use of a session (not logged: it is a hint for the session list).

@@ -102,6 +102,9 @@ struct Entry {
     expires_at_ms: u64,
 }
 
+/// A stored answer: status and body.
+pub type Answer<'a> = (u16, &'a [u8]);
+
 /// One shard's idempotency keys. Serializes whole, as a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Store {
@@ -191,6 +194,17 @@ impl Store {
             .collect();
         keys.sort();
         keys
+    }
+
+    /// A held key: the request's fingerprint, its answer (`None` while the request runs) and when
+    /// it may be forgotten (Unix milliseconds).
+    pub fn entry(&self, scope: &Scope, key: &str) -> Option<(&Fingerprint, Option<Answer<'_>>, u64)> {
+        let entry = self.entries.get(&(scope.clone(), key.to_string()))?;
+        let answer = match &entry.state {
+            State::Running => None,
+            State::Done { status, body } => Some((*status, body.as_slice())),
+        };
+        Some((&entry.fingerprint, answer, entry.expires_at_ms))
     }
 
     /// Keys held now.

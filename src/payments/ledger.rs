@@ -761,6 +761,172 @@ impl Ledger {
     }
 }
 
+/// The ledger's rows, as the ScyllaDB store keeps them (one row per fact, each in the slot of
+/// the user it belongs to), and the ledger they rebuild.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerRows {
+    /// Balances: user, currency, minor units.
+    pub balances: Vec<(UserId, Currency, u64)>,
+    /// Payments with the sides held here (rows of one payment are combined).
+    pub payments: Vec<(Payment, bool, bool)>,
+    /// History: user, position, payment id.
+    pub history: Vec<(UserId, u64, String)>,
+    /// Outbox: position, sender, transfer.
+    pub outbox: Vec<(u64, UserId, Transfer)>,
+    /// Received transfers: id, credited user.
+    pub received: Vec<(String, UserId)>,
+    /// Deposits: id, user, minor units, currency.
+    pub deposits: Vec<(String, UserId, u64, Currency)>,
+    /// Refund ids used here.
+    pub refunds: Vec<String>,
+}
+
+impl Ledger {
+    /// A payment held here, with whether its payer's and its payee's sides are here.
+    pub fn held(&self, id: &str) -> Option<(&Payment, bool, bool)> {
+        self.payments
+            .get(id)
+            .map(|held| (&held.payment, held.payer_side, held.payee_side))
+    }
+
+    /// Where `payment` is in `user`'s history (0: the oldest).
+    pub fn history_position(&self, user: &UserId, payment: &str) -> Option<usize> {
+        self.history.get(user)?.iter().rposition(|id| id == payment)
+    }
+
+    /// An unacknowledged credit in the outbox: its position, sender and transfer.
+    pub fn outgoing(&self, transfer: &str) -> Option<(u64, &UserId, &Transfer)> {
+        let sequence = *self.outbox_index.get(transfer)?;
+        self.outbox
+            .get(&sequence)
+            .map(|outgoing| (sequence, &outgoing.sender, &outgoing.transfer))
+    }
+
+    /// The user a received transfer credited.
+    pub fn received_by(&self, transfer: &str) -> Option<&UserId> {
+        self.received.get(transfer)
+    }
+
+    /// Whether `other` holds the same facts: balances, payments with their sides, histories,
+    /// the outbox in order, received transfers, deposits and used ids. The flow counters and the
+    /// outbox's position numbers may differ (a ledger restored from rows renumbers and derives
+    /// them); what a load from the ScyllaDB store must reproduce.
+    pub fn same_facts(&self, other: &Ledger) -> bool {
+        let nonzero = |ledger: &Ledger| -> HashMap<(UserId, Currency), u64> {
+            ledger
+                .balances
+                .iter()
+                .filter(|(_, amount)| **amount > 0)
+                .map(|(k, v)| (k.clone(), *v))
+                .collect()
+        };
+        let outbox = |ledger: &Ledger| -> Vec<Outgoing> { ledger.outbox.values().cloned().collect() };
+        let payments = |ledger: &Ledger| -> HashMap<String, Held> {
+            ledger
+                .payments
+                .iter()
+                .map(|(id, held)| (id.clone(), held.clone()))
+                .collect()
+        };
+        let received = |ledger: &Ledger| -> HashMap<String, UserId> {
+            ledger
+                .received
+                .iter()
+                .map(|(id, user)| (id.clone(), user.clone()))
+                .collect()
+        };
+        nonzero(self) == nonzero(other)
+            && payments(self) == payments(other)
+            && self.history == other.history
+            && outbox(self) == outbox(other)
+            && received(self) == received(other)
+            && self.used_ids == other.used_ids
+            && self.deposits == other.deposits
+            && self
+                .totals
+                .iter()
+                .filter(|(_, t)| **t > 0)
+                .collect::<HashMap<_, _>>()
+                == other
+                    .totals
+                    .iter()
+                    .filter(|(_, t)| **t > 0)
+                    .collect::<HashMap<_, _>>()
+            && self.deposited == other.deposited
+    }
+
+    /// The ledger `rows` describe. Flows are not stored row by row: deposits are summed from
+    /// the deposit rows, and the cross-shard flows are set to what balances the books (the
+    /// balances minus the deposits), so [`Ledger::conserved`] holds and keeps checking every
+    /// later event.
+    pub fn restore(rows: LedgerRows) -> Ledger {
+        let mut ledger = Ledger::new();
+        for (user, currency, amount) in rows.balances {
+            ledger.credit(&user, currency, amount);
+        }
+        for (payment, payer_side, payee_side) in rows.payments {
+            match ledger.payments.get_mut(&payment.id) {
+                None => {
+                    ledger.payments.insert(
+                        payment.id.clone(),
+                        Held {
+                            payment,
+                            payer_side,
+                            payee_side,
+                        },
+                    );
+                }
+                Some(held) => {
+                    held.payment.amount_refunded = held.payment.amount_refunded.max(payment.amount_refunded);
+                    held.payer_side |= payer_side;
+                    held.payee_side |= payee_side;
+                }
+            }
+        }
+        let mut history = rows.history;
+        history.sort();
+        for (user, _, payment) in history {
+            ledger.history.entry(user).or_default().push(payment);
+        }
+        let mut outbox = rows.outbox;
+        outbox.sort_by_key(|(sequence, _, _)| *sequence);
+        for (_, sender, transfer) in outbox {
+            if !ledger.outbox_index.contains_key(transfer.id()) {
+                ledger.push_outbox(Outgoing { sender, transfer });
+            }
+        }
+        for (id, user) in rows.received {
+            ledger.received.insert(id, user);
+        }
+        for (id, user, amount, currency) in rows.deposits {
+            ledger.used_ids.insert(id.clone());
+            *ledger.deposited.entry(currency).or_default() += u128::from(amount);
+            ledger.deposits.insert(
+                id,
+                DepositRecord {
+                    user,
+                    amount,
+                    currency,
+                },
+            );
+        }
+        ledger.used_ids.extend(rows.refunds);
+        let mut currencies: BTreeSet<Currency> = ledger.totals.keys().copied().collect();
+        currencies.extend(ledger.deposited.keys().copied());
+        for currency in currencies {
+            let total = ledger.total(currency);
+            let deposited = ledger.deposited(currency);
+            if total >= deposited {
+                ledger.credited_in.insert(currency, total - deposited);
+            } else {
+                ledger.debited_out.insert(currency, deposited - total);
+            }
+        }
+        assert!(ledger.conserved(), "a restored ledger balances by construction");
+        ledger
+    }
+}
+
 /// Resharding: moving money, payments and credits in flight between shard layouts.
 impl Ledger {
     /// Combines the ledgers of several shards into one (the first half of a reshard). Each

@@ -22,9 +22,9 @@ mod sim_tests;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::state::Event as AuthEvent;
+use crate::auth::state::{AuthState, Event as AuthEvent};
 use crate::payments::idempotency::{Change as IdempotencyChange, Scope};
-use crate::payments::ledger::Event as LedgerEvent;
+use crate::payments::ledger::{Event as LedgerEvent, Ledger};
 
 /// One logged fact: an event of one of the shard's state machines.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,11 +49,24 @@ pub enum Record {
     },
 }
 
+/// What a log may read of the state between appending records and their being applied.
+pub struct StateView<'a> {
+    /// Users and sessions.
+    pub auth: &'a AuthState,
+    /// Money.
+    pub ledger: &'a Ledger,
+}
+
 /// A shard's log.
 pub trait Log {
     /// Hands `records` (in order, as one atomic frame) to storage before they are applied. The
     /// caller's answers wait for the journal's durability; a storage failure shows there.
     fn append(&mut self, records: &[Record]);
+
+    /// Called after [`Log::append`] and before the records are applied, with the state they will
+    /// change: a store of rows (ScyllaDB) notes which rows they touch — a revoked session's
+    /// owner, for one, is known only before the revocation applies. Does nothing by default.
+    fn before_apply(&mut self, _records: &[Record], _state: &StateView<'_>) {}
 }
 
 /// The in-memory log: nothing survives the process. It counts what passed through it, and in

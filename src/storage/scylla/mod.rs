@@ -11,6 +11,7 @@
 pub mod bridge;
 pub mod cli;
 pub mod leases;
+pub mod rows;
 pub mod schema;
 
 use std::time::Duration;

@@ -49,12 +49,12 @@ pub const TABLES: &[(&str, &str)] = &[
         "slot int, user_id text, session_id text, created_at_ms bigint, refresh_hash blob, \
          refresh_expires_at_ms bigint, PRIMARY KEY ((slot), user_id, session_id)",
     ),
-    // The refresh family of a session: tokens already rotated, kept to detect reuse; TTL as the
-    // session's.
+    // The refresh family of a session: tokens already rotated (oldest at position 0), kept to
+    // detect reuse; rewritten whole when it changes; TTL as the session's.
     (
         "refresh_families",
-        "slot int, session_id text, token_hash blob, rotated_at_ms bigint, \
-         PRIMARY KEY ((slot), session_id, token_hash)",
+        "slot int, session_id text, position int, token_hash blob, \
+         PRIMARY KEY ((slot), session_id, position)",
     ),
     // A user's balance in one currency, written as an absolute value by the user's home shard.
     (
@@ -62,31 +62,45 @@ pub const TABLES: &[(&str, &str)] = &[
         "slot int, user_id text, currency text, balance bigint, \
          PRIMARY KEY ((slot), user_id, currency)",
     ),
-    // A payment as its payer's or payee's slot sees it (both sides keep a row).
+    // A payment as its payer's or payee's slot sees it (each side's slot keeps a row, with the
+    // side it holds).
     (
         "payments",
         "slot int, payment_id text, payer text, payee text, amount bigint, currency text, \
-         description text, amount_refunded bigint, created_at_ms bigint, \
-         PRIMARY KEY ((slot), payment_id)",
+         description text, amount_refunded bigint, created_at_ms bigint, payer_side boolean, \
+         payee_side boolean, PRIMARY KEY ((slot), payment_id)",
     ),
-    // Each user's movements in order: deposits, payments, refunds and credits.
+    // Each user's payments in the order they were recorded: the payment history.
     (
         "ledger_entries",
         "slot int, user_id text, seq bigint, kind text, reference text, amount bigint, \
          currency text, at_ms bigint, PRIMARY KEY ((slot), user_id, seq)",
     ),
-    // Idempotency keys with the request's fingerprint and the stored answer; TTL: the retention.
+    // Admin deposits, by id (a retried deposit is recognised by its id).
+    (
+        "deposits",
+        "slot int, deposit_id text, user_id text, amount bigint, currency text, \
+         PRIMARY KEY ((slot), deposit_id)",
+    ),
+    // Refunds, by id, in the slot of the user who made them (ids are never reused).
+    (
+        "refunds",
+        "slot int, refund_id text, payment_id text, amount bigint, \
+         PRIMARY KEY ((slot), refund_id)",
+    ),
+    // Idempotency keys with the request's fingerprint and the stored answer (status 0: the
+    // request is running); TTL: until the key may be forgotten.
     (
         "idempotency_keys",
         "slot int, scope text, key text, fingerprint blob, status int, answer blob, \
-         created_at_ms bigint, PRIMARY KEY ((slot), scope, key)",
+         expires_at_ms bigint, PRIMARY KEY ((slot), scope, key)",
     ),
-    // Credits sent to another slot's shard and not yet acknowledged, with the answer released
-    // when they are.
+    // Credits sent to another shard and not yet acknowledged (the transfer encoded), with the
+    // answer released to the idempotency key when they are.
     (
         "outbox",
-        "slot int, transfer_id text, seq bigint, transfer blob, answer blob, \
-         PRIMARY KEY ((slot), transfer_id)",
+        "slot int, transfer_id text, seq bigint, sender text, transfer blob, answer_scope text, \
+         answer_key text, answer blob, PRIMARY KEY ((slot), transfer_id)",
     ),
     // Credits received from other shards, so that a repeated one is only acknowledged again.
     (
