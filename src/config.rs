@@ -501,6 +501,8 @@ pub enum StorageBackend {
     Wal,
     /// Memory only.
     Memory,
+    /// The ScyllaDB (or Cassandra) cluster of `[scylla]`.
+    Scylla,
 }
 
 /// When a logged change counts as stored.

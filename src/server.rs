@@ -12,7 +12,8 @@ use crate::config::{Config, ConfigError};
 use crate::http::connection::Settings;
 use crate::net::tls::{self, Certificates};
 use crate::net::{self, Listener};
-use crate::shard::{self, Launch, Shard, ShardError};
+use crate::shard::{self, Launch, ScyllaShared, Shard, ShardError};
+use crate::storage::scylla::node::Node;
 
 /// How to start, beyond the configuration.
 #[derive(Debug, Clone, Copy, Default)]
@@ -51,6 +52,25 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), ShardError> {
         starting_tls,
     );
     launch.open_storage(options.repair)?;
+    let scylla = match config.storage.backend {
+        crate::config::StorageBackend::Scylla => {
+            let node = Node::start(&config.scylla, &launch.cluster.node_id, |reason| {
+                tracing::error!(%reason, "the slot leases are lost: stopping at once");
+                eprintln!("shardpay: {reason}; stopping");
+                // Another node may serve these slots now: no drain, no more writes.
+                std::process::exit(1);
+            })
+            .map_err(|error| ShardError::Storage(error.to_string()))?;
+            launch.use_scylla(ScyllaShared {
+                handle: node.handle.clone(),
+                statements: node.statements.clone(),
+                epochs: node.epochs.clone(),
+                durable_limit: Duration::from_millis(config.scylla.request_timeout_ms),
+            });
+            Some(node)
+        }
+        _ => None,
+    };
     // The first SIGINT or SIGTERM starts the drain; a second one while draining exits at once
     // with status 1 (handlers run in registration order, so the check sees the earlier signal).
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -84,6 +104,9 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), ShardError> {
     });
     if let Some(starting) = starting {
         let _ = starting.join();
+    }
+    if let Some(node) = scylla {
+        node.stop();
     }
     reloader.stop();
     outcome?;

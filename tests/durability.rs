@@ -756,12 +756,13 @@ fn check_restarted(
 /// of two with deposits, then for each further count: pays at random from several threads for a
 /// random 100–500 ms, `kill -9`s the server mid-load, restarts it with that many shards on the
 /// same directory and checks it (`check_restarted`).
-fn kill_loop(purpose: &str, shard_counts: &[usize], seed: u64) {
+fn kill_loop(purpose: &str, shard_counts: &[usize], seed: u64, backend: &[(&str, &str)]) {
     const USERS: usize = 8;
     const FUNDING: u64 = 1_000_000;
     let dir = DataDir::new(purpose);
     // Small snapshots, so crashes also hit snapshotting and segment removal.
-    let extra = [("SHARDPAY_STORAGE_SNAPSHOT_BYTES", "1048576")];
+    let mut extra = vec![("SHARDPAY_STORAGE_SNAPSHOT_BYTES", "1048576")];
+    extra.extend_from_slice(backend);
     let mut server = start_on(&dir, shard_counts[0], &extra);
     let users: Vec<User> = (0..USERS)
         .map(|n| sign_up(server.port, &name_on(&format!("{purpose}{n}x"), n % 2, 2)))
@@ -890,14 +891,48 @@ fn kill_9_loop_loses_no_acknowledged_payment() {
     };
     let cycles = number("RELIABILITY_KILL_CYCLES").unwrap_or(20).clamp(1, 10_000) as usize;
     let seed = number("RELIABILITY_SEED").unwrap_or(0x5EED_0001);
-    kill_loop("kill9", &vec![2; cycles + 1], seed);
+    kill_loop("kill9", &vec![2; cycles + 1], seed, &[]);
+}
+
+/// The same bank test with the state in a real Cassandra node (`storage.backend = "scylla"`):
+/// every acknowledged payment survives `kill -9`, also across changes of the shard count. A
+/// killed node's slot leases stay held until they expire (3 s here), so each restart waits.
+#[test]
+#[ignore = "needs Cassandra: scripts/cassandra.sh start, then CASSANDRA_NODE=127.0.0.1:9042"]
+fn kill_9_loop_on_the_scylla_backend_loses_no_acknowledged_payment() {
+    let node =
+        std::env::var("CASSANDRA_NODE").expect("CASSANDRA_NODE names the Cassandra node to test against");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 1_000_000_000;
+    let keyspace = format!("t_kill9_{}_{stamp}", std::process::id());
+    let migrated = Command::new(common::binary())
+        .args(["db", "migrate"])
+        .env("SHARDPAY_SCYLLA_NODES", &node)
+        .env("SHARDPAY_SCYLLA_KEYSPACE", &keyspace)
+        .output()
+        .unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let backend = [
+        ("SHARDPAY_STORAGE_BACKEND", "scylla"),
+        ("SHARDPAY_SCYLLA_NODES", node.as_str()),
+        ("SHARDPAY_SCYLLA_KEYSPACE", keyspace.as_str()),
+        ("SHARDPAY_SCYLLA_LEASE_SECONDS", "3"),
+    ];
+    kill_loop("kill9scylla", &[2, 2, 2, 1, 2, 2], 0x5EED_0003, &backend);
 }
 
 /// Resharding right after a crash: credits still in a shard's outbox must reach payees whose
 /// home shard moved, exactly once.
 #[test]
 fn kill_9_then_resharding_delivers_pending_cross_shard_credits_once() {
-    kill_loop("killreshard", &[2, 1, 3, 2, 1, 2], 0x5EED_0002);
+    kill_loop("killreshard", &[2, 1, 3, 2, 1, 2], 0x5EED_0002, &[]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -26,10 +26,13 @@ use crate::http::date;
 use crate::metrics::{ShardMetrics, Snapshot};
 use crate::net::Connections;
 use crate::slots::Slot;
-use crate::storage::journal::{Journal, JournalLog, Mode};
+use crate::storage::journal::{Failed, Journal, JournalLog, Mode};
 use crate::storage::layout::{Layout, LayoutError};
 use crate::storage::recovery;
+use crate::storage::scylla::bridge::Handle as DbHandle;
+use crate::storage::scylla::rows::{self, RowLog, Stamps, Statements, Touched};
 use crate::storage::writer::{Files, Writer, WriterConfig};
+use crate::storage::Log;
 use mesh::{Answer, Mesh, MeshError};
 
 pub use crate::slots::{slot_range, SLOT_COUNT};
@@ -160,6 +163,8 @@ pub struct Shard {
     home: RefCell<Home>,
     /// Where the home's changes go; answers wait for it.
     journal: Rc<Journal>,
+    /// With the ScyllaDB store: how long an answer waits for the database before a 503.
+    durable_limit: Option<Duration>,
     mesh: Mesh<Command, Reply>,
 }
 
@@ -182,7 +187,7 @@ impl Shard {
             if self.journal.durable_seq() >= seq {
                 return Ok(reply);
             }
-            match self.journal.durable(seq).await {
+            match self.durable(seq).await {
                 Ok(()) => Ok(reply),
                 Err(_) => Err(MeshError::StorageFailed(target)),
             }
@@ -206,13 +211,35 @@ impl Shard {
         if self.journal.durable_seq() >= seq {
             return Answer::Now(reply);
         }
-        let durable = self.journal.durable(seq);
+        let durable = self.durable(seq);
         Answer::Later(async move {
             match durable.await {
                 Ok(()) => reply,
                 Err(_) => Reply::StorageFailed,
             }
         })
+    }
+
+    /// Resolves once frame `seq` is durable; with the ScyllaDB store, fails after
+    /// `durable_limit` (the database is unreachable: the request gets a 503, and the change is
+    /// written when the database is back).
+    fn durable(&self, seq: u64) -> impl Future<Output = Result<(), Failed>> + 'static {
+        let durable = self.journal.durable(seq);
+        let limit = self.durable_limit;
+        async move {
+            match limit {
+                None => durable.await,
+                Some(limit) => {
+                    futures_lite::future::or(durable, async move {
+                        sleep(limit).await;
+                        Err(Failed(
+                            "the database did not acknowledge the change in time".into(),
+                        ))
+                    })
+                    .await
+                }
+            }
+        }
     }
 
     /// The journal's counters: frames appended and batches written.
@@ -386,6 +413,22 @@ pub struct Launch {
     /// The data directory (the embedded log), open and locked.
     layout: Option<Arc<Layout>>,
     repair: bool,
+    /// The database (the ScyllaDB store).
+    scylla: Option<ScyllaShared>,
+}
+
+/// What the shards share of the ScyllaDB store: the way to the driver's thread, the prepared
+/// statements, and the epochs of the node's slot leases.
+#[derive(Clone)]
+pub struct ScyllaShared {
+    /// The bridge to the driver's thread.
+    pub handle: DbHandle,
+    /// Prepared statements of the keyspace.
+    pub statements: Arc<Statements>,
+    /// Epoch of each lease block (by block number), for the write timestamps.
+    pub epochs: Arc<Vec<i64>>,
+    /// Longest wait for the database's acknowledgement before a request fails with 503.
+    pub durable_limit: Duration,
 }
 
 impl Launch {
@@ -411,6 +454,7 @@ impl Launch {
             config,
             layout: None,
             repair: false,
+            scylla: None,
         })
     }
 
@@ -432,6 +476,11 @@ impl Launch {
         Ok(())
     }
 
+    /// Stores the shards' state in the database of `shared` (`storage.backend = "scylla"`).
+    pub fn use_scylla(&mut self, shared: ScyllaShared) {
+        self.scylla = Some(shared);
+    }
+
     /// Starts every shard, runs `start` on each, and returns when all have returned. A shard
     /// whose `start` fails asks the others to shut down; the first failure is returned.
     pub fn run<F, Fut>(self, routes: &'static [&'static str], start: F) -> Result<(), ShardError>
@@ -444,6 +493,7 @@ impl Launch {
             config,
             layout,
             repair,
+            scylla,
         } = self;
         let shards = cluster.shards;
         let ends = mesh::build::<Command, Reply>(shards, config.mesh.queue_depth);
@@ -454,6 +504,7 @@ impl Launch {
             let config = config.clone();
             let start = start.clone();
             let layout = layout.clone();
+            let scylla = scylla.clone();
             let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{shard}"))
                 .io_memory(config.server.io_memory_bytes)
@@ -506,9 +557,23 @@ impl Launch {
                             Some((dir, recovered.files)),
                         )
                     }
-                    None => (Journal::new(Mode::Memory, 0), None),
+                    None => match &scylla {
+                        Some(db) => {
+                            load_slots(shard, db, first_slot, last_slot, &mut home).await?;
+                            (Journal::new(Mode::External, 0), None)
+                        }
+                        None => (Journal::new(Mode::Memory, 0), None),
+                    },
                 };
-                let mut home = home.with_log(Box::new(JournalLog(journal.clone())));
+                let touched = Touched::default();
+                let log: Box<dyn Log> = match &scylla {
+                    Some(_) => Box::new(RowLog {
+                        journal: journal.clone(),
+                        touched: touched.clone(),
+                    }),
+                    None => Box::new(JournalLog(journal.clone())),
+                };
+                let mut home = home.with_log(log);
                 let released = home.release_interrupted();
                 if released > 0 {
                     tracing::info!(
@@ -526,10 +591,14 @@ impl Launch {
                     info,
                     home: RefCell::new(home),
                     journal: journal.clone(),
+                    durable_limit: scylla.as_ref().map(|db| db.durable_limit),
                     mesh,
                 });
                 if let Some((dir, files)) = files {
                     start_writer(&this, dir, files, &config);
+                }
+                if let Some(db) = scylla {
+                    spawn(scylla_writer(this.clone(), db, touched));
                 }
                 for (peer, receiver) in receivers {
                     let served = this.clone();
@@ -576,6 +645,114 @@ impl Launch {
             first_error.get_or_insert(outcome);
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// How often a shard looks again at work it awaits from another thread (see [`foreign`]).
+const FOREIGN_POLL: Duration = Duration::from_millis(2);
+
+/// Awaits a future that another thread completes (the database bridge). glommio 0.9 can lose a
+/// wake-up sent from a thread that is not an executor: it queues the waker, but if the executor
+/// is just going to sleep it does not look at that queue again, and sleeps until something else
+/// happens (on an idle shard: forever). So the future is also polled every [`FOREIGN_POLL`]
+/// while it is pending.
+pub async fn foreign<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    loop {
+        let polled = futures_lite::future::or(async { Some(future.as_mut().await) }, async {
+            sleep(FOREIGN_POLL).await;
+            None
+        })
+        .await;
+        if let Some(output) = polled {
+            return output;
+        }
+    }
+}
+
+/// Loads the state of slots `first..=last` from the database into `home`.
+async fn load_slots(
+    shard: usize,
+    db: &ScyllaShared,
+    first: u32,
+    last: u32,
+    home: &mut Home,
+) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let statements = db.statements.clone();
+    let loaded = foreign(db.handle.call("loading slots", move |session| {
+        rows::load_range(session, statements, first, last)
+    }))
+    .await
+    .map_err(|error| format!("cannot load shard {shard} from the database: {error}"))?;
+    let count = loaded.rows;
+    home.restore_parts(
+        crate::auth::state::AuthState::restore(loaded.users, loaded.sessions),
+        crate::payments::ledger::Ledger::restore(loaded.ledger),
+        loaded.keys,
+        loaded.pending,
+    );
+    tracing::info!(
+        shard,
+        slots = last - first + 1,
+        rows = count,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "loaded from the database"
+    );
+    Ok(())
+}
+
+/// The shard's writer on the ScyllaDB store: whenever frames were appended, it cuts a batch —
+/// the current values of every row they touched — and sends it as one logged batch; once the
+/// database acknowledged it, the answers waiting for those frames go out. A failed write is
+/// retried (the same values and timestamps: idempotent) until the database takes it; meanwhile
+/// answers wait, and fail with 503 after `durable_limit`.
+async fn scylla_writer(shard: Rc<Shard>, db: ScyllaShared, touched: Touched) {
+    let mut counter: i64 = 0;
+    while let Some(batch) = shard.journal.next_batch().await {
+        let keys: Vec<rows::RowKey> = touched.borrow_mut().drain().collect();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let writes = Arc::new(rows::writes_of(keys.iter(), &*shard.home.borrow(), now_ms));
+        counter += 2;
+        let stamps = Stamps {
+            epochs: db.epochs.clone(),
+            counter,
+        };
+        let mut failures: u64 = 0;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let (writes, statements, stamps) = (writes.clone(), db.statements.clone(), stamps.clone());
+            let outcome = foreign(db.handle.call("writing a batch", move |session| async move {
+                rows::write(&session, &statements, &writes, &stamps).await
+            }))
+            .await;
+            match outcome {
+                Ok(()) => break,
+                Err(error) => {
+                    failures += 1;
+                    if failures == 1 || failures % 20 == 0 {
+                        tracing::warn!(
+                            shard = shard.id(),
+                            %error,
+                            attempts = failures,
+                            "database write failed; retrying (answers wait, and get 503 after scylla.request_timeout_ms)"
+                        );
+                    }
+                    sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        if failures > 0 {
+            tracing::info!(
+                shard = shard.id(),
+                attempts = failures + 1,
+                "database write succeeded again"
+            );
+        }
+        shard.journal.stored(batch.last, batch.bytes);
     }
 }
 

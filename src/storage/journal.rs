@@ -24,6 +24,9 @@ pub enum Mode {
     NoSync,
     /// At once, and nothing is written (the in-memory backend).
     Memory,
+    /// After the writer says so; records are not encoded (a store of rows, which reads what to
+    /// write from the state: ScyllaDB). Batches are ranges of sequence numbers.
+    External,
 }
 
 /// Why nothing more can be acknowledged.
@@ -111,6 +114,12 @@ impl Journal {
         state.stats.frames += 1;
         if state.mode == Mode::Memory {
             state.durable = seq;
+            return seq;
+        }
+        if state.mode == Mode::External {
+            if let Some(writer) = state.writer.take() {
+                writer.wake();
+            }
             return seq;
         }
         if state.open.is_empty() {
@@ -250,6 +259,19 @@ impl Future for NextBatch {
         if state.failed.is_some() {
             return Poll::Ready(None);
         }
+        if state.mode == Mode::External {
+            if state.written < state.open_first {
+                state.writer = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let batch = Batch {
+                bytes: Vec::new(),
+                first: state.open_first,
+                last: state.written,
+            };
+            state.open_first = state.written + 1;
+            return Poll::Ready(Some(batch));
+        }
         if state.open.is_empty() {
             state.writer = Some(cx.waker().clone());
             return Poll::Pending;
@@ -331,6 +353,24 @@ mod tests {
         assert!(matches!(poll(&mut waiting), Poll::Ready(Err(_))));
         assert_eq!(journal.durable_seq(), 0);
         assert!(matches!(poll(&mut journal.next_batch()), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn an_external_journal_hands_out_ranges_and_waits_for_the_writer() {
+        let journal = Journal::new(Mode::External, 5);
+        assert!(poll(&mut journal.next_batch()).is_pending());
+        assert_eq!(journal.append(&[record(1)]), 6);
+        assert_eq!(journal.append(&[record(2)]), 7);
+        let mut waiting = journal.durable(7);
+        assert!(poll(&mut waiting).is_pending());
+        let Poll::Ready(Some(batch)) = poll(&mut journal.next_batch()) else {
+            panic!("a batch is open")
+        };
+        assert_eq!((batch.first, batch.last, batch.bytes.len()), (6, 7, 0));
+        assert!(poll(&mut journal.next_batch()).is_pending());
+        journal.stored(batch.last, batch.bytes);
+        assert_eq!(poll(&mut waiting), Poll::Ready(Ok(())));
+        assert_eq!(journal.stats().bytes, 0);
     }
 
     #[test]

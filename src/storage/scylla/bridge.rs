@@ -23,9 +23,11 @@ use crate::config::ScyllaConfig;
 type Work = Pin<Box<dyn Future<Output = ()> + Send>>;
 type Job = Box<dyn FnOnce(Arc<Session>) -> Work + Send>;
 
-/// The driver's thread; dropping it (after every [`Handle`]) lets it finish what is in flight.
+/// The driver's thread; dropping it stops the thread once the work in flight has finished
+/// (handles still held elsewhere then get errors).
 pub struct Bridge {
     handle: Option<Handle>,
+    stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -41,6 +43,7 @@ impl Bridge {
         let config = config.clone();
         let (jobs, mut queue) = mpsc::channel::<Job>(config.queue_depth);
         let (connected_tx, connected_rx) = std::sync::mpsc::channel::<Result<(), DbError>>();
+        let (stop, mut stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("scylla".to_string())
             .spawn(move || {
@@ -62,7 +65,12 @@ impl Bridge {
                     let _ = connected_tx.send(Ok(()));
                     let in_flight_max = config.in_flight_max;
                     let slots = Arc::new(Semaphore::new(in_flight_max));
-                    while let Some(job) = queue.next().await {
+                    loop {
+                        let job = tokio::select! {
+                            job = queue.next() => job,
+                            _ = &mut stopped => None,
+                        };
+                        let Some(job) = job else { break };
                         let permit = slots.clone().acquire_owned().await.expect("never closed");
                         let session = session.clone();
                         tokio::spawn(async move {
@@ -70,7 +78,7 @@ impl Bridge {
                             drop(permit);
                         });
                     }
-                    // Every handle is gone: let the statements in flight finish.
+                    // Stopped, or every handle is gone: let the statements in flight finish.
                     let _ = slots.acquire_many(in_flight_max as u32).await;
                 });
             })
@@ -78,6 +86,7 @@ impl Bridge {
         match connected_rx.recv() {
             Ok(Ok(())) => Ok(Bridge {
                 handle: Some(Handle { jobs }),
+                stop: Some(stop),
                 thread: Some(thread),
             }),
             Ok(Err(error)) => {
@@ -103,8 +112,11 @@ impl Bridge {
 impl Drop for Bridge {
     fn drop(&mut self) {
         self.handle.take();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(thread) = self.thread.take() {
-            // Returns once every other handle is dropped and the work in flight has finished.
+            // Returns once the work in flight has finished.
             let _ = thread.join();
         }
     }

@@ -11,6 +11,7 @@
 pub mod bridge;
 pub mod cli;
 pub mod leases;
+pub mod node;
 pub mod rows;
 pub mod schema;
 

@@ -260,6 +260,29 @@ fn ledger_keys(event: &LedgerEvent, ledger: &Ledger, keys: &mut impl Extend<RowK
     }
 }
 
+/// The keys a shard's frames touched since its writer's last cut.
+pub type Touched = std::rc::Rc<std::cell::RefCell<std::collections::HashSet<RowKey>>>;
+
+/// The [`Log`](crate::storage::Log) of a shard on the ScyllaDB store: an append takes the next
+/// sequence number of the journal (in [`Mode::External`](crate::storage::journal::Mode)), and
+/// the rows each frame touches are noted for the writer.
+pub struct RowLog {
+    /// Sequence numbers and durability.
+    pub journal: std::rc::Rc<crate::storage::journal::Journal>,
+    /// Shared with the writer.
+    pub touched: Touched,
+}
+
+impl crate::storage::Log for RowLog {
+    fn append(&mut self, records: &[Record]) {
+        self.journal.append(records);
+    }
+
+    fn before_apply(&mut self, records: &[Record], state: &StateView<'_>) {
+        keys_of(records, state, &mut *self.touched.borrow_mut());
+    }
+}
+
 /// Where the writer reads the current values of the rows (a shard's `Home`).
 pub trait StateSource {
     /// Users and sessions.
@@ -716,13 +739,37 @@ impl Statements {
     }
 }
 
-/// Sends `writes` as one logged batch (all of it applies, or none), every row with timestamp
-/// `timestamp` (a family's rows with `timestamp + 1`, after its delete). Safe to repeat.
+/// The write timestamps of one batch: each row's is its lease block's epoch shifted left by 40
+/// bits, plus a counter that grows by 2 per batch (a family's rows take the odd one, after the
+/// family's delete). So a batch overwrites every earlier batch of the same holder, and a holder
+/// with a newer epoch overwrites every batch of an older one.
+#[derive(Debug, Clone)]
+pub struct Stamps {
+    /// Epoch of each lease block, by block number.
+    pub epochs: std::sync::Arc<Vec<i64>>,
+    /// This batch's counter, even, below 2^40.
+    pub counter: i64,
+}
+
+impl Stamps {
+    fn of(&self, write: &Write) -> i64 {
+        let slot = match write.values.first() {
+            Some(Some(CqlValue::Int(slot))) => *slot,
+            _ => 0,
+        };
+        let block = (slot.max(0) as usize) / usize::from(super::leases::BLOCK_SLOTS);
+        let epoch = self.epochs.get(block).copied().unwrap_or(0);
+        (epoch << 40) + self.counter + i64::from(write.stmt == Stmt::FamilyRow)
+    }
+}
+
+/// Sends `writes` as one logged batch (all of it applies, or none), stamped by `stamps`. Safe to
+/// repeat.
 pub async fn write(
     session: &Session,
     statements: &Statements,
     writes: &[Write],
-    timestamp: i64,
+    stamps: &Stamps,
 ) -> Result<(), DbError> {
     if writes.is_empty() {
         return Ok(());
@@ -731,11 +778,7 @@ pub async fn write(
     let mut values: Vec<Vec<Option<CqlValue>>> = Vec::with_capacity(writes.len());
     for write in writes {
         batch.append_statement(statements.writes[&write.stmt].clone());
-        let stamp = Some(CqlValue::BigInt(if write.stmt == Stmt::FamilyRow {
-            timestamp + 1
-        } else {
-            timestamp
-        }));
+        let stamp = Some(CqlValue::BigInt(stamps.of(write)));
         let mut row = Vec::with_capacity(write.values.len() + 2);
         if write.stmt.is_delete() {
             row.push(stamp);
@@ -987,6 +1030,37 @@ pub async fn load(session: &Session, statements: &Statements, slots: &[i32]) -> 
             });
         }
         loaded.rows += 1;
+    }
+    Ok(loaded)
+}
+
+/// Slots per query of [`load_range`] (one `IN` list).
+pub const LOAD_SLOTS_PER_QUERY: usize = 256;
+/// Groups of slots [`load_range`] reads at once.
+pub const LOAD_GROUPS_IN_FLIGHT: usize = 8;
+
+/// Loads slots `first..=last`: groups of [`LOAD_SLOTS_PER_QUERY`] slots, [`LOAD_GROUPS_IN_FLIGHT`]
+/// at a time, each group's tables read one after the other.
+pub async fn load_range(
+    session: std::sync::Arc<Session>,
+    statements: std::sync::Arc<Statements>,
+    first: u32,
+    last: u32,
+) -> Result<Loaded, DbError> {
+    let slots: Vec<i32> = (first as i32..=last as i32).collect();
+    let mut groups = slots.chunks(LOAD_SLOTS_PER_QUERY).map(<[i32]>::to_vec);
+    let mut loading = tokio::task::JoinSet::new();
+    let mut loaded = Loaded::default();
+    loop {
+        while loading.len() < LOAD_GROUPS_IN_FLIGHT {
+            let Some(group) = groups.next() else { break };
+            let (session, statements) = (session.clone(), statements.clone());
+            loading.spawn(async move { load(&session, &statements, &group).await });
+        }
+        let Some(done) = loading.join_next().await else {
+            break;
+        };
+        loaded.extend(done.map_err(|error| DbError::new("loading slots", error))??);
     }
     Ok(loaded)
 }
