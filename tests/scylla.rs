@@ -773,9 +773,10 @@ fn a_second_node_cannot_take_slots_a_running_node_holds() {
     assert_eq!(second.status.code(), Some(1));
     let text = stderr(&second);
     assert!(text.contains("are leased to first/"), "{text}");
-    // It waited for the lease to run out (a crashed holder's would have), then gave up.
+    // It waited until the lease it first saw would have run out (a crashed holder's would
+    // have), plus the clock margin, and gave up because the holder renewed it.
     assert!(
-        started.elapsed() >= Duration::from_secs(3),
+        started.elapsed() >= Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );

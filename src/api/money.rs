@@ -127,11 +127,14 @@ pub async fn deposit(
         fingerprint,
         now_ms: now_ms(),
     };
-    match shard
-        .invoke_on_home(key_slot, begin)
-        .await
-        .map_err(mesh_failure)?
-    {
+    let reply = match shard.invoke_on_home(key_slot, begin).await {
+        Ok(reply) => reply,
+        Err(error) => {
+            super::payments::release_unacknowledged_claim(shard, key_slot, Scope::Admin, &key, &error).await;
+            return Err(mesh_failure(error));
+        }
+    };
+    match reply {
         UserReply::Idempotency(Begin::Proceed) => {}
         UserReply::Idempotency(Begin::Replay { status, body }) => {
             return Ok(Answer {

@@ -257,7 +257,21 @@ async fn begin(
             fingerprint: fingerprint(request_line, body),
         },
     };
-    let began = match shard.invoke_on_home(slot, command).await.map_err(mesh_failure)? {
+    let reply = match shard.invoke_on_home(slot, command).await {
+        Ok(reply) => reply,
+        Err(error) => {
+            release_unacknowledged_claim(
+                shard,
+                slot,
+                crate::payments::idempotency::Scope::User(user.clone()),
+                &key,
+                &error,
+            )
+            .await;
+            return Err(mesh_failure(error));
+        }
+    };
+    let began = match reply {
         UserReply::Idempotency(Begin::Proceed) => Began::Proceed(user),
         UserReply::Idempotency(Begin::Replay { status, body }) => Began::Answered(Answer {
             status,
@@ -270,6 +284,29 @@ async fn begin(
         other => return Err(unexpected(&other)),
     };
     Ok((began, claims.sid, key, now))
+}
+
+/// A claim that was applied but not acknowledged (the store did not take it in time, or the
+/// home shard's reply timed out) would hold its key as "running" until a restart: it is released
+/// at once, so that a retry executes. Best effort: the release is applied even when its own
+/// acknowledgement fails too, and is stored with the next batch.
+pub(super) async fn release_unacknowledged_claim(
+    shard: &Shard,
+    slot: crate::slots::Slot,
+    scope: crate::payments::idempotency::Scope,
+    key: &str,
+    error: &crate::shard::mesh::MeshError,
+) {
+    use crate::shard::mesh::MeshError;
+    if matches!(error, MeshError::StorageFailed(_) | MeshError::Timeout(_)) {
+        let release = UserCommand::IdempotencyComplete {
+            scope,
+            key: key.to_string(),
+            status: 503,
+            body: Vec::new(),
+        };
+        let _ = shard.invoke_on_home(slot, release).await;
+    }
 }
 
 /// Stores a final answer under the key (a 4xx here; the home shard stores a 201 itself) and

@@ -31,6 +31,9 @@ pub struct Node {
     bridge: Option<Bridge>,
 }
 
+/// Margin for the clocks of two nodes when waiting for a lease to expire.
+const LEASE_SKEW_MS: i64 = 2000;
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -87,10 +90,10 @@ impl Node {
                 Ok(Arc::new(Leases::new(session, &lease_config, lease_owner).await?))
             }),
         )?;
-        // A lease still held may be a crashed process's: wait until it would have expired, then
-        // refuse, naming the holder (a node that is alive keeps renewing it).
-        let patience = Duration::from_secs(config.lease_seconds + 2);
-        let started = std::time::Instant::now();
+        // A lease still held may be a crashed process's: wait until it would have expired (as
+        // first seen, plus a margin for clock skew), then refuse, naming the holder: a holder
+        // that is alive has renewed it meanwhile.
+        let mut give_up_at_ms: Option<i64> = None;
         let held = loop {
             let acquiring = leases.clone();
             let outcome =
@@ -99,7 +102,9 @@ impl Node {
                 }))?;
             match outcome {
                 Ok(held) => break held,
-                Err(LeaseError::Held { owner, .. }) if started.elapsed() < patience => {
+                Err(LeaseError::Held {
+                    owner, expires_at_ms, ..
+                }) if now_ms() < *give_up_at_ms.get_or_insert(expires_at_ms + LEASE_SKEW_MS) => {
                     tracing::warn!(holder = %owner, "slots leased to another process; waiting for its lease to expire");
                     std::thread::sleep(Duration::from_secs(1));
                 }
