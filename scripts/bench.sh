@@ -12,12 +12,20 @@
 #   shardpay-nosync  the same binary and --config FILE with
 #                    SHARDPAY_STORAGE_DURABILITY=none: the log is written but
 #                    never fdatasync'd (what durability costs)
+#   shardpay-scylla  the same binary and --config FILE with
+#                    SHARDPAY_STORAGE_BACKEND=scylla: the state in the
+#                    ScyllaDB/Cassandra cluster at $CASSANDRA_NODE (default
+#                    127.0.0.1:9042; scripts/cassandra.sh start runs one), a
+#                    201 once the database acknowledged the batch
 #   axum             bench/peers/axum: shardpay's API on tokio + axum, --threads N
 #   bare-glommio     bench/peers/bare-glommio: the floor, one glommio loop (1 core)
 #   actix            bench/peers/actix: actix-web, one worker (1 core)
 # Every server runs under `taskset -c SERVER_CPUS`, which pins all its
-# threads (shardpay's blocking password-hashing threads and tokio's blocking
-# pool included).
+# threads (shardpay's blocking password-hashing threads, tokio's blocking
+# pool and shardpay-scylla's database driver thread included). The database
+# of shardpay-scylla is not started, stopped or pinned by bench.sh: its CPU
+# time is not in the server's CPU-µs per request, and where it runs on the
+# server CPUs it shows as "other load".
 #
 # shardpay's storage: every start of shardpay or shardpay-nosync gets a
 # fresh, empty data directory (SHARDPAY_STORAGE_DATA_DIR), below one made by
@@ -26,11 +34,21 @@
 # run's state, and disk use does not grow from run to run. The log is on
 # TMPDIR's file system: set TMPDIR to measure another disk (on tmpfs an
 # fdatasync costs nothing; the report says which file system it was).
+# Every start of shardpay-scylla gets a fresh keyspace, bench_<PID>_<K> (PID:
+# this script's, K: 1, 2, ... per start), created just before the start by
+# `shardpay db migrate --config FILE` with the server's environment
+# (SHARDPAY_SCYLLA_NODES=$CASSANDRA_NODE, SHARDPAY_SCYLLA_KEYSPACE); its
+# output heads the server log. The keyspaces are left in the cluster
+# (shardpay has no command to drop one; scripts/cassandra.sh reset empties a
+# local node). Before anything is built, the script checks that a contact
+# point of CASSANDRA_NODE accepts TCP connections, and stops with exit
+# status 1 if none does (start one with scripts/cassandra.sh start).
 # Before and after each run bench.sh reads GET /metrics of a shardpay target:
 # shardpay_log_frames_total and shardpay_log_batches_total summed over the
 # shards; their growth over the run (set-up, warm-up and measured window: the
 # client does all three in one invocation) gives records per fsync = frames /
-# batches (for shardpay-nosync: records per write).
+# batches (for shardpay-nosync: records per write; for shardpay-scylla:
+# frames per database batch, one logged batch per shard's write).
 #
 # Scenarios (--scenarios), shardpay-bench's, each request checked (status and
 # body):
@@ -43,14 +61,14 @@
 #              Idempotency-Key per request                  shardpay*, axum
 #   mixed      login=1,balance=30,me=30,payment=30,list=9   shardpay*, axum
 #   signup     POST /v1/users (argon2 password hashing)     shardpay*, axum
-# (shardpay*: shardpay and shardpay-nosync.)
+# (shardpay*: shardpay, shardpay-nosync and shardpay-scylla.)
 # A scenario a target does not serve is skipped with a note. Before its
 # warm-up, each run signs up --users users, logs them in and funds them with
 # the admin key (not measured; new users every run, so runs never share
 # idempotency keys).
 #
-# Shards (--shards, a sweep): shardpay and shardpay-nosync get --shards N (all
-# on SERVER_CPUS), axum --threads N (tokio workers). bare-glommio and actix
+# Shards (--shards, a sweep): shardpay, shardpay-nosync and shardpay-scylla
+# get --shards N (all on SERVER_CPUS), axum --threads N (tokio workers). bare-glommio and actix
 # are single-core peers: they run at the first shard count of the sweep only
 # (recorded as 1), and ratio tables compare them with every shard count of
 # the others.
@@ -86,7 +104,9 @@
 # ratios between targets ("shardpay / shardpay-nosync", "shardpay / axum" and
 # every other pair present, in the order of the targets list above) of server
 # CPU-µs/req and of requests/s are taken within a round and reported as
-# median [min-max] over rounds.
+# median [min-max] over rounds. (shardpay-scylla is not in the ratio table
+# yet: scripts/bench_report.py's TARGET_ORDER does not list it; its
+# per-round figures are in the JSON.)
 #
 # Other load: the busy time of the server CPUs (/proc/stat: user + nice +
 # system + irq + softirq) not spent in the server, over each run; more than
@@ -100,8 +120,8 @@
 # script at once with exit status 1; a bad command line exits 2.
 #
 # Usage: scripts/bench.sh [options]
-#   --targets LIST        shardpay,shardpay-nosync,axum,bare-glommio,actix
-#                         (default shardpay,axum)
+#   --targets LIST        shardpay,shardpay-nosync,shardpay-scylla,axum,
+#                         bare-glommio,actix (default shardpay,axum)
 #   --scenarios LIST      plaintext,json,pipelined,balance,payments,mixed,signup
 #                         (default mixed,payments)
 #   --shards LIST         shard counts to sweep, e.g. 1,2,4 (default 1)
@@ -114,21 +134,22 @@
 #   --pipeline-depth N    requests in flight per connection for pipelined
 #                         (default 16)
 #   --users N             benchmark users set up per run (default 100)
-#   --shard-aware         shardpay and shardpay-nosync only: connect each user's
-#                         requests to its home shard's port (no forwarding
-#                         between shards)
+#   --shard-aware         shardpay targets only: connect each user's requests
+#                         to its home shard's port (no forwarding between
+#                         shards)
 #   --cross-shard-ratio R share of payments to a user on another shard, 0 to 1
 #                         (default: payees at random)
 #   --server-cpus LIST    CPUs of the server, e.g. 1 or 2-3 (default 1)
 #   --client-cpus LIST    CPUs of the client, disjoint from the server's; one
 #                         client thread per CPU (default 0)
 #   --port-base P         public ports: shardpay P, bare-glommio P+1, actix P+2,
-#                         axum P+3, shardpay-nosync P+4 (default 8080)
-#   --shard-port-base Q   shard-aware ports Q..Q+shards-1 of shardpay and of
-#                         shardpay-nosync (one server runs at a time, so they
-#                         share them; default 7100)
-#   --config FILE         the configuration of shardpay and shardpay-nosync
-#                         (default config/bench.toml; the defaults' limits would
+#                         axum P+3, shardpay-nosync P+4, shardpay-scylla P+5
+#                         (default 8080)
+#   --shard-port-base Q   shard-aware ports Q..Q+shards-1 of the shardpay
+#                         targets (one server runs at a time, so they share
+#                         them; default 7100)
+#   --config FILE         the configuration of the shardpay targets (default
+#                         config/bench.toml; the defaults' limits would
 #                         throttle a benchmark)
 #   --name NAME           results name (default bench)
 #   --no-build            do not run cargo build
@@ -142,10 +163,18 @@
 #       --scenarios plaintext,json,pipelined --name http    the HTTP layer alone
 #   TMPDIR=/mnt/nvme/tmp scripts/bench.sh --targets shardpay,shardpay-nosync \
 #       --scenarios payments                          the log on another disk
+#   scripts/cassandra.sh start && scripts/bench.sh --scenarios payments \
+#       --targets shardpay,shardpay-nosync,shardpay-scylla --rates peak,50% \
+#       --name scylla                                 the log against the database
+#
+# Environment: CASSANDRA_NODE  shardpay-scylla's contact points, host:port,
+#                              comma-separated (default 127.0.0.1:9042)
 #
 # Time: every run takes warm-up + duration plus its set-up (about 0.3 s, and
 # for balance, payments and mixed about --users x 60 ms of password hashing
-# divided by the server CPUs), every server about 1 s to start and stop. The
+# divided by the server CPUs), every server about 1 s to start and stop
+# (shardpay-scylla about 10 s: the keyspace's migration, the slot leases and
+# loading the empty slots, releasing the leases at the stop). The
 # script prints its estimate before starting; the default (3 rounds x 2
 # targets x 2 scenarios x 1 shard count x 1 rate = 12 runs of 12 s, 100
 # users) takes about 4 min.
@@ -159,7 +188,8 @@
 #              shardpay-bench's JSON report and what bench.sh knows), meta.txt,
 #              and per round round-K/: server logs, client outputs and reports,
 #              shardpay's /metrics before and after each run.
-# Needs: cargo, taskset, curl, python3 (standard library only), timeout, mktemp.
+# Needs: cargo, taskset, curl, python3 (standard library only), timeout, mktemp;
+# for shardpay-scylla a Cassandra or ScyllaDB node (scripts/cassandra.sh start).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -192,7 +222,7 @@ NAME="bench"
 SHARDPAY_CONFIG="config/bench.toml"
 BUILD=1
 
-PORT_BASE=8080       # public ports: PORT_BASE + 0 (shardpay), 1, 2, 3 (peers), 4 (shardpay-nosync)
+PORT_BASE=8080       # public ports: PORT_BASE + 0 (shardpay), 1, 2, 3 (peers), 4 (shardpay-nosync), 5 (shardpay-scylla)
 SHARD_PORT_BASE=7100 # shard-aware ports of shardpay targets: SHARD_PORT_BASE + 0..shards-1
 SHARD_COUNT_MAX=1024 # shardpay's limit (SHARD_COUNT_LIMIT in src/config.rs)
 THREADS_MAX=1024     # axum's worker threads, same bound
@@ -204,6 +234,13 @@ SECONDS_MAX=3600     # per warm-up or measured run
 RATE_PERCENT_MAX=1000
 READY_TIMEOUT_S=15
 STOP_TIMEOUT_S=5
+# shardpay-scylla: taking 256 slot leases by lightweight transaction and loading every slot from
+# the database at start (about 6 s for 1 shard on an idle local node), releasing the leases at stop.
+SCYLLA_READY_TIMEOUT_S=120
+SCYLLA_STOP_TIMEOUT_S=30
+MIGRATE_TIMEOUT_S=120 # one `shardpay db migrate` of a new keyspace (about 4 s on a local node)
+SCYLLA_START_S=10     # estimate: migration, start and stop of one shardpay-scylla server
+CASSANDRA_NODE="${CASSANDRA_NODE:-127.0.0.1:9042}" # shardpay-scylla's contact points
 METRICS_TIMEOUT_S=10 # one GET /metrics (every shard answers over the mesh)
 BUILD_TIMEOUT_S=3600
 SETUP_BUDGET_S=120   # client time beyond warm-up + duration before it is killed
@@ -298,8 +335,8 @@ if [[ -n "$CROSS_SHARD_RATIO" ]]; then
     [[ "$CROSS_SHARD_RATIO" =~ ^(0(\.[0-9]+)?|1(\.0+)?|\.[0-9]+)$ ]] ||
         bad_arg "--cross-shard-ratio must be a number from 0 to 1 (e.g. 0.5)"
 fi
-int_in_range "$PORT_BASE" 1024 65531 ||
-    bad_arg "--port-base must be a port from 1024 to 65531 (it and the next four are used)"
+int_in_range "$PORT_BASE" 1024 65530 ||
+    bad_arg "--port-base must be a port from 1024 to 65530 (it and the next five are used)"
 int_in_range "$SHARD_PORT_BASE" 1024 65535 ||
     bad_arg "--shard-port-base must be a port from 1024 to 65535"
 [[ "$NAME" =~ ^[A-Za-z0-9._-]{1,100}$ && "$NAME" != .* ]] ||
@@ -327,8 +364,8 @@ split_list SHARD_LIST --shards "$SHARDS"
 split_list RATE_LIST --rates "$RATES"
 
 for t in "${TARGET_LIST[@]}"; do
-    case "$t" in shardpay|shardpay-nosync|axum|bare-glommio|actix) ;;
-        *) bad_arg "unknown target '$t' (shardpay, shardpay-nosync, axum, bare-glommio, actix)" ;; esac
+    case "$t" in shardpay|shardpay-nosync|shardpay-scylla|axum|bare-glommio|actix) ;;
+        *) bad_arg "unknown target '$t' (shardpay, shardpay-nosync, shardpay-scylla, axum, bare-glommio, actix)" ;; esac
 done
 for s in "${SCENARIO_LIST[@]}"; do
     case "$s" in plaintext|json|pipelined|balance|payments|mixed|signup) ;;
@@ -396,9 +433,11 @@ CLIENT_THREADS=${#CLIENT_CPU_LIST[@]}
 ((CONNECTIONS >= CLIENT_THREADS)) ||
     bad_arg "--connections $CONNECTIONS is fewer than the client's $CLIENT_THREADS threads (one per --client-cpus CPU)"
 
-# Whether TARGET is the shardpay binary (durable or not): shards, shard-aware
-# ports, a data directory and log metrics.
-is_shardpay() { [[ "$1" == shardpay || "$1" == shardpay-nosync ]]; }
+# Whether TARGET is the shardpay binary (any storage): shards, shard-aware
+# ports, the API scenarios and log metrics.
+is_shardpay() { [[ "$1" == shardpay || "$1" == shardpay-nosync || "$1" == shardpay-scylla ]]; }
+# Whether TARGET keeps the embedded write-ahead log: a fresh data directory per start.
+uses_log() { [[ "$1" == shardpay || "$1" == shardpay-nosync ]]; }
 # Whether TARGET serves SCENARIO: the API scenarios need shardpay's routes.
 serves() {
     case "$2" in
@@ -414,6 +453,16 @@ any_shardpay() {
     done
     return 1
 }
+# Whether any of --targets keeps the write-ahead log (needs data directories).
+any_log() {
+    local t
+    for t in "${TARGET_LIST[@]}"; do
+        if uses_log "$t"; then return 0; fi
+    done
+    return 1
+}
+# Whether --targets has shardpay-scylla (needs the database).
+any_scylla() { [[ " ${TARGET_LIST[*]} " == *" shardpay-scylla "* ]]; }
 single_core() { [[ "$1" == bare-glommio || "$1" == actix ]]; }
 # Scenarios whose runs sign users up, log them in and fund them first.
 needs_users() { [[ "$1" == balance || "$1" == payments || "$1" == mixed ]]; }
@@ -436,7 +485,7 @@ for s in "${SCENARIO_LIST[@]}"; do
     served=0
     for t in "${TARGET_LIST[@]}"; do
         if ! serves "$t" "$s"; then
-            note "$t does not serve $s (the API scenarios need shardpay, shardpay-nosync or axum): skipped"
+            note "$t does not serve $s (the API scenarios need shardpay, shardpay-nosync, shardpay-scylla or axum): skipped"
             continue
         fi
         served=1
@@ -448,20 +497,22 @@ for s in "${SCENARIO_LIST[@]}"; do
             if needs_users "$s"; then
                 setup_ms=$((setup_ms + USERS * USER_SETUP_MS / ${#SERVER_CPU_LIST[@]}))
             fi
-            ESTIMATE_PER_ROUND_S=$(python3 -c 'import sys; a, r, w, d, s = map(float, sys.argv[1:]); print(a + 1 + r * (w + d + s / 1000))' \
-                "$ESTIMATE_PER_ROUND_S" "$RUNS_PER_SERVER" "$WARMUP" "$DURATION" "$setup_ms")
+            start_s=1
+            [[ "$t" != shardpay-scylla ]] || start_s=$SCYLLA_START_S
+            ESTIMATE_PER_ROUND_S=$(python3 -c 'import sys; a, b, r, w, d, s = map(float, sys.argv[1:]); print(a + b + r * (w + d + s / 1000))' \
+                "$ESTIMATE_PER_ROUND_S" "$start_s" "$RUNS_PER_SERVER" "$WARMUP" "$DURATION" "$setup_ms")
         done
     done
     ((served)) || note "no target among --targets serves $s"
 done
-((RUNS_PER_ROUND > 0)) || bad_arg "nothing to run: no target serves the scenarios (balance, payments, mixed and signup need shardpay, shardpay-nosync or axum)"
+((RUNS_PER_ROUND > 0)) || bad_arg "nothing to run: no target serves the scenarios (balance, payments, mixed and signup need shardpay, shardpay-nosync, shardpay-scylla or axum)"
 for t in "${TARGET_LIST[@]}"; do
     if single_core "$t" && ((${#SHARD_LIST[@]} > 1)); then
         note "$t is a single-core peer: it runs at the first shard count (${SHARD_LIST[0]}) only, recorded as 1 core"
     fi
 done
 if ((SHARD_AWARE)) && ! any_shardpay; then
-    note "--shard-aware applies to shardpay and shardpay-nosync only, neither of which is among the targets: ignored"
+    note "--shard-aware applies to the shardpay targets only, none of which is among the targets: ignored"
 fi
 if ((SHARD_AWARE)) && ((CONNECTIONS < SHARDS_MAX)); then
     bad_arg "--shard-aware needs at least one connection per shard: --connections $CONNECTIONS < $SHARDS_MAX shards"
@@ -477,15 +528,15 @@ CLK_TCK="$(getconf CLK_TCK)"
 # ---------------------------------------------------------------- targets --
 
 declare -A PORT=([shardpay]=$PORT_BASE [bare-glommio]=$((PORT_BASE + 1)) [actix]=$((PORT_BASE + 2))
-    [axum]=$((PORT_BASE + 3)) [shardpay-nosync]=$((PORT_BASE + 4)))
-declare -A READY_PATH=([shardpay]=/readyz [shardpay-nosync]=/readyz [axum]=/readyz
-    [bare-glommio]=/plaintext [actix]=/plaintext)
-declare -A PACKAGE=([shardpay]=shardpay [shardpay-nosync]=shardpay [axum]=peer-axum
-    [bare-glommio]=peer-bare-glommio [actix]=peer-actix)
+    [axum]=$((PORT_BASE + 3)) [shardpay-nosync]=$((PORT_BASE + 4)) [shardpay-scylla]=$((PORT_BASE + 5)))
+declare -A READY_PATH=([shardpay]=/readyz [shardpay-nosync]=/readyz [shardpay-scylla]=/readyz
+    [axum]=/readyz [bare-glommio]=/plaintext [actix]=/plaintext)
+declare -A PACKAGE=([shardpay]=shardpay [shardpay-nosync]=shardpay [shardpay-scylla]=shardpay
+    [axum]=peer-axum [bare-glommio]=peer-bare-glommio [actix]=peer-actix)
 
-# The shard-aware ports of shardpay and shardpay-nosync (the same ports: one
-# server runs at a time, and each is stopped, and reaped, before the next
-# starts) must not reach past the port range, nor into a target's public port.
+# The shard-aware ports of the shardpay targets (the same ports: one server
+# runs at a time, and each is stopped, and reaped, before the next starts)
+# must not reach past the port range, nor into a target's public port.
 SHARD_PORT_LAST=$((SHARD_PORT_BASE + SHARDS_MAX - 1))
 if any_shardpay; then
     ((SHARD_PORT_LAST <= 65535)) || bad_arg "--shards $SHARDS_MAX: shard-aware ports from $SHARD_PORT_BASE pass 65535"
@@ -506,23 +557,38 @@ done
 shards_label() {
     local s=""
     case "$1" in
-        shardpay|shardpay-nosync) ((${2} == 1)) || s=s; echo "$2 shard$s" ;;
+        shardpay|shardpay-nosync|shardpay-scylla) ((${2} == 1)) || s=s; echo "$2 shard$s" ;;
         axum) ((${2} == 1)) || s=s; echo "$2 thread$s" ;;
         *) echo "1 core" ;;
     esac
 }
 
+# scylla_env KEYSPACE: sets SCYLLA_ENV to the environment (an `env` command
+# prefix) of shardpay-scylla and of its `shardpay db migrate`.
+scylla_env() {
+    SCYLLA_ENV=(env -u SHARDPAY_STORAGE_DURABILITY -u SHARDPAY_STORAGE_DATA_DIR
+        SHARDPAY_STORAGE_BACKEND=scylla SHARDPAY_SCYLLA_NODES="$CASSANDRA_NODE"
+        SHARDPAY_SCYLLA_KEYSPACE="$1")
+}
+
 # Sets CMD to the command line of TARGET with N shards (threads); a shardpay
-# target keeps its log in DATA_DIR. shardpay's durability is --config's, even
-# if the environment says otherwise.
+# target keeps its log in DATA_DIR (shardpay, shardpay-nosync) or its state in
+# the keyspace KEYSPACE (shardpay-scylla). The storage backend of shardpay and
+# shardpay-nosync, and shardpay's durability, are --config's, even if the
+# environment says otherwise.
 target_command() {
-    local target="$1" n="$2" data_dir="${3:-}"
+    local target="$1" n="$2" data_dir="${3:-}" keyspace="${4:-}"
     case "$target" in
-        shardpay|shardpay-nosync)
-            if [[ "$target" == shardpay-nosync ]]; then
-                CMD=(env SHARDPAY_STORAGE_DATA_DIR="$data_dir" SHARDPAY_STORAGE_DURABILITY=none)
+        shardpay|shardpay-nosync|shardpay-scylla)
+            if [[ "$target" == shardpay-scylla ]]; then
+                scylla_env "$keyspace"
+                CMD=("${SCYLLA_ENV[@]}")
+            elif [[ "$target" == shardpay-nosync ]]; then
+                CMD=(env -u SHARDPAY_STORAGE_BACKEND SHARDPAY_STORAGE_DATA_DIR="$data_dir"
+                    SHARDPAY_STORAGE_DURABILITY=none)
             else
-                CMD=(env -u SHARDPAY_STORAGE_DURABILITY SHARDPAY_STORAGE_DATA_DIR="$data_dir")
+                CMD=(env -u SHARDPAY_STORAGE_BACKEND -u SHARDPAY_STORAGE_DURABILITY
+                    SHARDPAY_STORAGE_DATA_DIR="$data_dir")
             fi
             CMD+=(taskset -c "$SERVER_CPUS" target/release/shardpay serve
                 --config "$SHARDPAY_CONFIG" --shards "$n" --cpus "$SERVER_CPUS"
@@ -547,17 +613,25 @@ SERVER_PID=""
 DATA_PARENT=""     # mktemp -d: every shardpay server's data directory is made below it
 SERVER_DATA_DIR="" # the running shardpay server's data directory
 DATA_DIRS_MADE=0
+KEYSPACES_MADE=0   # shardpay-scylla's keyspaces: bench_<$$>_<K>, K = 1, 2, ...
+KEYSPACES=()       # for meta.txt
+SCYLLA_PIDS=()     # shardpay-scylla servers: a longer stop (they release their leases)
 
-# stop_pid PID: SIGTERM, up to STOP_TIMEOUT_S to exit, then SIGKILL; reaps it.
+# stop_pid PID: SIGTERM, up to STOP_TIMEOUT_S (shardpay-scylla:
+# SCYLLA_STOP_TIMEOUT_S) to exit, then SIGKILL; reaps it.
 stop_pid() {
-    local pid="$1" i
+    local pid="$1" i limit_s="$STOP_TIMEOUT_S"
+    [[ " ${SCYLLA_PIDS[*]-} " != *" $pid "* ]] || limit_s="$SCYLLA_STOP_TIMEOUT_S"
     if kill -0 "$pid" 2>/dev/null; then
         kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < STOP_TIMEOUT_S * 10; i++)); do
+        for ((i = 0; i < limit_s * 10; i++)); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
-        kill -KILL "$pid" 2>/dev/null || true
+        if kill -0 "$pid" 2>/dev/null; then
+            echo ">> process $pid did not exit within ${limit_s}s of SIGTERM: SIGKILL" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
     fi
     wait "$pid" 2>/dev/null || true
     forget_pid "$pid"
@@ -598,6 +672,24 @@ port_in_use() {
     timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
 }
 
+# cassandra_reachable: some contact point of CASSANDRA_NODE accepts a TCP
+# connection (the migration then shows whether it speaks CQL).
+cassandra_reachable() {
+    local -a nodes
+    local node host port
+    IFS=',' read -r -a nodes <<<"$CASSANDRA_NODE"
+    for node in "${nodes[@]}"; do
+        node="${node// /}"
+        host="${node%:*}" port="${node##*:}"
+        host="${host#[}" host="${host%]}"
+        # shellcheck disable=SC2016 # $0 and $1 are the inner shell's: host and port
+        if timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$host" "$port" 2>/dev/null; then
+            return 0
+        fi
+    done
+    return 1
+}
+
 # start_server TARGET N LOG: starts the server, sets SERVER_PID, waits until
 # it answers its readiness path.
 start_server() {
@@ -610,19 +702,41 @@ start_server() {
         for ((p = SHARD_PORT_BASE; p < SHARD_PORT_BASE + n; p++)); do
             port_in_use "$p" && die "port $p ($target's shard-aware port) is already in use: stop its user first, or choose other ports with --shard-port-base"
         done
+    fi
+    local keyspace="" ready_timeout_s="$READY_TIMEOUT_S"
+    : >"$log"
+    if uses_log "$target"; then
         # A fresh, empty log: nothing of an earlier server to recover.
         DATA_DIRS_MADE=$((DATA_DIRS_MADE + 1))
         SERVER_DATA_DIR="$DATA_PARENT/$DATA_DIRS_MADE-$target-$n"
         mkdir -- "$SERVER_DATA_DIR" || die "could not make the data directory $SERVER_DATA_DIR"
+    elif [[ "$target" == shardpay-scylla ]]; then
+        # A fresh, empty keyspace: nothing of an earlier server to load, no lease held.
+        KEYSPACES_MADE=$((KEYSPACES_MADE + 1))
+        keyspace="bench_$$_$KEYSPACES_MADE"
+        KEYSPACES+=("$keyspace")
+        ready_timeout_s="$SCYLLA_READY_TIMEOUT_S"
+        scylla_env "$keyspace"
+        local -a migrate=("${SCYLLA_ENV[@]}" target/release/shardpay db migrate --config "$SHARDPAY_CONFIG")
+        echo ">> creating keyspace $keyspace: ${migrate[*]}" >&2
+        echo "\$ ${migrate[*]}" >>"$log"
+        if ! timeout --kill-after=5 "$MIGRATE_TIMEOUT_S" "${migrate[@]}" >>"$log" 2>&1; then
+            tail -n 5 "$log" >&2 || true
+            if ! cassandra_reachable; then
+                die "Cassandra is not reachable at $CASSANDRA_NODE (CASSANDRA_NODE): start it with scripts/cassandra.sh start (log: $log)"
+            fi
+            die "shardpay db migrate failed for keyspace $keyspace at $CASSANDRA_NODE (log: $log); is the node healthy? (scripts/cassandra.sh status)"
+        fi
     fi
-    target_command "$target" "$n" "$SERVER_DATA_DIR"
+    target_command "$target" "$n" "$SERVER_DATA_DIR" "$keyspace"
     echo ">> starting $target: ${CMD[*]}" >&2
-    echo "\$ ${CMD[*]}" >"$log"
+    echo "\$ ${CMD[*]}" >>"$log"
     "${CMD[@]}" >>"$log" 2>&1 &
     SERVER_PID=$!
     STARTED_PIDS+=("$SERVER_PID")
+    [[ "$target" != shardpay-scylla ]] || SCYLLA_PIDS+=("$SERVER_PID")
     local url="http://127.0.0.1:${port}${READY_PATH[$target]}"
-    local deadline=$((SECONDS + READY_TIMEOUT_S))
+    local deadline=$((SECONDS + ready_timeout_s))
     until curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; do
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then
             tail -n 20 "$log" >&2 || true
@@ -630,7 +744,7 @@ start_server() {
         fi
         if ((SECONDS >= deadline)); then
             tail -n 20 "$log" >&2 || true
-            die "$target not ready after ${READY_TIMEOUT_S}s at $url (log: $log)"
+            die "$target not ready after ${ready_timeout_s}s at $url (log: $log)"
         fi
         sleep 0.1
     done
@@ -663,6 +777,17 @@ scrape_metrics() {
         rm -f -- "$2"
 }
 
+# ------------------------------------------------------------- database --
+
+# shardpay-scylla needs its database before anything is built or run.
+if any_scylla; then
+    [[ "$CASSANDRA_NODE" =~ ^[[:space:]]*([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}([[:space:]]*,[[:space:]]*([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5})*[[:space:]]*$ ]] ||
+        die "CASSANDRA_NODE='$CASSANDRA_NODE' is not a list of host:port contact points (e.g. 127.0.0.1:9042)"
+    cassandra_reachable ||
+        die "shardpay-scylla: Cassandra is not reachable at $CASSANDRA_NODE (CASSANDRA_NODE): start it with scripts/cassandra.sh start (or set CASSANDRA_NODE to a running node), or leave shardpay-scylla out of --targets"
+    note "shardpay-scylla: the same binary and --config with SHARDPAY_STORAGE_BACKEND=scylla, contact points $CASSANDRA_NODE, a fresh keyspace bench_$$_K per server start (shardpay db migrate); the database is not pinned by bench.sh, so its CPU is not in the server CPU-µs/req and shows as other load where it runs on the server CPUs; records/fsync = frames per database batch; ratios with it are not in the Ratios table (scripts/bench_report.py's TARGET_ORDER does not list it)"
+fi
+
 # ---------------------------------------------------------------- build --
 
 if ((BUILD)); then
@@ -692,7 +817,7 @@ RUNS_JSONL="$RUN_DIR/runs.jsonl"
 rm -f "$BASE.json" "$BASE.md" "$BASE-throughput.png" "$BASE-latency.png"
 REPORTER=(python3 scripts/bench_report.py)
 
-if any_shardpay; then
+if any_log; then
     DATA_PARENT="$(mktemp -d "${TMPDIR:-/tmp}/shardpay-bench.XXXXXX")" ||
         die "could not make a temporary directory in ${TMPDIR:-/tmp} for shardpay's data"
     DATA_FS="$(stat -f -c %T -- "$DATA_PARENT" 2>/dev/null || echo unknown)"
@@ -897,6 +1022,10 @@ META="$RUN_DIR/meta.txt"
     if [[ -n "$DATA_PARENT" ]]; then
         echo "data_parent=$DATA_PARENT"
         echo "data_fs=$DATA_FS"
+    fi
+    if any_scylla; then
+        echo "scylla_nodes=$CASSANDRA_NODE"
+        echo "scylla_keyspaces=$(IFS=,; echo "${KEYSPACES[*]-}")"
     fi
     echo "client_cpus=$CLIENT_CPUS"
     echo "other_load_max=$OTHER_LOAD_MAX"

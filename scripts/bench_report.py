@@ -24,7 +24,7 @@ import sys
 
 # Order of targets in ratio tables: the first of a pair is the numerator ("shardpay /
 # shardpay-nosync": what durability costs; "shardpay / axum", "shardpay-nosync / axum", ...).
-TARGET_ORDER = ["shardpay", "shardpay-nosync", "axum", "bare-glommio", "actix"]
+TARGET_ORDER = ["shardpay", "shardpay-nosync", "shardpay-scylla", "axum", "bare-glommio", "actix"]
 SINGLE_CORE = {"bare-glommio", "actix"}
 # A run whose client used more than this share of its CPUs was probably limited by the client.
 CLIENT_BUSY_LIMIT = 0.9

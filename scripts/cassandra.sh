@@ -178,6 +178,9 @@ commit_failure_policy: stop
 
 # One test node on a small machine: fewer threads, no snapshots on DROP/TRUNCATE.
 auto_snapshot: false
+# shardpay writes each shard's group-commit batch as one logged batch (see docs/STORAGE.md).
+batch_size_warn_threshold: 1MiB
+batch_size_fail_threshold: 4MiB
 hinted_handoff_enabled: false
 concurrent_reads: 8
 concurrent_writes: 8

@@ -183,6 +183,9 @@ pub struct ScyllaConfig {
     pub queue_depth: usize,
     /// How long a node's lease on its slots lasts without renewal (renewed every third of it).
     pub lease_seconds: u64,
+    /// Frames a shard lets wait for the database; beyond, its requests get 503 at once (bounds
+    /// the backlog of an outage and the size of the batch that carries it).
+    pub pending_frames_max: u64,
 }
 
 impl Default for ScyllaConfig {
@@ -201,6 +204,7 @@ impl Default for ScyllaConfig {
             in_flight_max: 256,
             queue_depth: 4096,
             lease_seconds: 30,
+            pending_frames_max: 1000,
         }
     }
 }
@@ -315,6 +319,9 @@ impl ScyllaConfig {
         }
         if !(1..=1_048_576).contains(&self.queue_depth) {
             return Err(error("scylla.queue_depth", "must be from 1 to 1048576"));
+        }
+        if !(1..=100_000).contains(&self.pending_frames_max) {
+            return Err(error("scylla.pending_frames_max", "must be from 1 to 100000"));
         }
         if !(3..=3600).contains(&self.lease_seconds) {
             return Err(error("scylla.lease_seconds", "must be from 3 to 3600"));

@@ -66,6 +66,7 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), ShardError> {
                 statements: node.statements.clone(),
                 epochs: node.epochs.clone(),
                 durable_limit: Duration::from_millis(config.scylla.request_timeout_ms),
+                pending_frames_max: config.scylla.pending_frames_max,
             });
             Some(node)
         }

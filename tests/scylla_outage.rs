@@ -75,6 +75,8 @@ fn an_outage_fails_payments_with_503_and_the_server_recovers_when_the_database_d
             ("SHARDPAY_SCYLLA_REQUEST_TIMEOUT_MS", "1000"),
             // Longer than the outage: the node keeps its leases through it.
             ("SHARDPAY_SCYLLA_LEASE_SECONDS", "60"),
+            // The claim and its release wait: a third change is refused at once.
+            ("SHARDPAY_SCYLLA_PENDING_FRAMES_MAX", "2"),
             ("SHARDPAY_AUTH_PASSWORD_MEMORY_KIB", "64"),
             ("SHARDPAY_AUTH_PASSWORD_ITERATIONS", "1"),
         ],
@@ -106,6 +108,15 @@ fn an_outage_fails_payments_with_503_and_the_server_recovers_when_the_database_d
         assert_eq!(response.status, 503, "{}", response.text());
         assert!(
             started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        // The backlog is at its bound: the next change is refused without waiting.
+        let started = Instant::now();
+        let refused = post(port, "/v1/payments", &headers, &payment);
+        assert_eq!(refused.status, 503, "{}", refused.text());
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
             "{:?}",
             started.elapsed()
         );

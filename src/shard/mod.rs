@@ -165,6 +165,8 @@ pub struct Shard {
     journal: Rc<Journal>,
     /// With the ScyllaDB store: how long an answer waits for the database before a 503.
     durable_limit: Option<Duration>,
+    /// With the ScyllaDB store: frames waiting for the database beyond which commands are refused.
+    backlog_max: Option<u64>,
     mesh: Mesh<Command, Reply>,
 }
 
@@ -178,6 +180,9 @@ impl Shard {
     /// comes once every change it observed is durable (on either shard).
     pub async fn invoke_on(&self, target: usize, command: Command) -> Result<Reply, MeshError> {
         if target == self.id() {
+            if self.backlogged(&command) {
+                return Err(MeshError::StorageFailed(target));
+            }
             let unsynced = matches!(command, Command::Unsynced(_));
             let reply = self.execute(command);
             if unsynced {
@@ -202,6 +207,9 @@ impl Shard {
     /// Executes a command from another shard: the reply now when everything is durable, else
     /// once it is.
     fn serve_remote(&self, command: Command) -> Answer<Reply, impl Future<Output = Reply> + 'static> {
+        if self.backlogged(&command) {
+            return Answer::Now(Reply::StorageFailed);
+        }
         let unsynced = matches!(command, Command::Unsynced(_));
         let reply = self.execute(command);
         if unsynced {
@@ -218,6 +226,17 @@ impl Shard {
                 Err(_) => Reply::StorageFailed,
             }
         })
+    }
+
+    /// Whether `command` must be refused unexecuted: with the ScyllaDB store, when
+    /// `scylla.pending_frames_max` frames already wait for the database (it is unreachable or
+    /// slower than the load), so that the backlog — and the batch that will carry it — stays
+    /// bounded. Counters and descriptions are always served.
+    fn backlogged(&self, command: &Command) -> bool {
+        matches!(command, Command::User(_) | Command::Unsynced(_))
+            && self
+                .backlog_max
+                .is_some_and(|max| self.journal.written() - self.journal.durable_seq() >= max)
     }
 
     /// Resolves once frame `seq` is durable; with the ScyllaDB store, fails after
@@ -429,6 +448,8 @@ pub struct ScyllaShared {
     pub epochs: Arc<Vec<i64>>,
     /// Longest wait for the database's acknowledgement before a request fails with 503.
     pub durable_limit: Duration,
+    /// Frames waiting for the database beyond which a shard refuses commands with 503.
+    pub pending_frames_max: u64,
 }
 
 impl Launch {
@@ -592,6 +613,7 @@ impl Launch {
                     home: RefCell::new(home),
                     journal: journal.clone(),
                     durable_limit: scylla.as_ref().map(|db| db.durable_limit),
+                    backlog_max: scylla.as_ref().map(|db| db.pending_frames_max),
                     mesh,
                 });
                 if let Some((dir, files)) = files {
