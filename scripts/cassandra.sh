@@ -17,7 +17,7 @@
 #                            (default $HOME/.cache/shardpay/cassandra-5.0.9)
 #   CASSANDRA_PORT           CQL native-protocol port on 127.0.0.1 (default 9042)
 #   CASSANDRA_STORAGE_PORT   inter-node storage port on 127.0.0.1 (default 7000)
-#   CASSANDRA_HEAP           JVM heap, -Xms = -Xmx (default 1G)
+#   CASSANDRA_HEAP           JVM heap, -Xms = -Xmx (default 2G: every test makes a keyspace of 14 tables)
 #   CASSANDRA_START_TIMEOUT  seconds `start` waits for CQL before giving up (default 240)
 #
 # Needs: java 17 (JAVA_HOME/bin/java or `java` on PATH), mvn (first start only), coreutils.
@@ -32,7 +32,7 @@ CASSANDRA_DIR=${CASSANDRA_DIR:-$HOME/.cache/shardpay/cassandra-$CASSANDRA_VERSIO
 [[ $CASSANDRA_DIR == /* ]] || CASSANDRA_DIR="$PWD/$CASSANDRA_DIR"
 CASSANDRA_PORT=${CASSANDRA_PORT:-9042}
 CASSANDRA_STORAGE_PORT=${CASSANDRA_STORAGE_PORT:-7000}
-CASSANDRA_HEAP=${CASSANDRA_HEAP:-1G}
+CASSANDRA_HEAP=${CASSANDRA_HEAP:-2G}
 CASSANDRA_START_TIMEOUT=${CASSANDRA_START_TIMEOUT:-240}
 
 LIB="$CASSANDRA_DIR/lib"

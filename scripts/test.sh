@@ -52,6 +52,13 @@ if [ -n "${CASSANDRA_NODE:-}" ]; then
   scylla_status=${PIPESTATUS[0]}
   set -e
   [ "$scylla_status" = 0 ] || status=$scylla_status
+  echo "== the API contract tests again, on the ScyllaDB backend (TEST_STORAGE_BACKEND=scylla)"
+  set +e
+  TEST_STORAGE_BACKEND=scylla cargo test --no-fail-fast --test auth --test money --test payments \
+    -- --test-threads 2 2>&1 | tee -a "$log"
+  contract_status=${PIPESTATUS[0]}
+  set -e
+  [ "$contract_status" = 0 ] || status=$contract_status
   # The outage test freezes the node, so it runs alone, and only on a node it may freeze: the
   # one scripts/cassandra.sh runs (or whichever CASSANDRA_PID_FILE names).
   script_pid_file="${CASSANDRA_DIR:-$HOME/.cache/shardpay/cassandra-5.0.9}/cassandra.pid"

@@ -755,7 +755,6 @@ fn a_second_node_cannot_take_slots_a_running_node_holds() {
     );
     assert_eq!(signup.status, 201, "{}", signup.text());
 
-    let started = std::time::Instant::now();
     let second = Command::new(common::binary())
         .args(["serve", "--shards", "1", "--listen"])
         .arg(format!("127.0.0.1:{}", common::free_port()))
@@ -775,21 +774,17 @@ fn a_second_node_cannot_take_slots_a_running_node_holds() {
     assert!(text.contains("are leased to first/"), "{text}");
     // It waited until the lease it first saw would have run out (a crashed holder's would
     // have), plus the clock margin, and gave up because the holder renewed it.
-    assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(text.contains("waiting for its lease to expire"), "{text}");
 
-    // A clean stop releases the leases: the next node starts without waiting and sees the data.
+    // A clean stop releases the leases: the next node takes them without waiting and sees the
+    // data.
     first.signal(libc::SIGTERM);
     assert!(first.wait_exit(Duration::from_secs(20)).is_some());
-    let started = std::time::Instant::now();
     let next = common::Server::start(1, &env);
     assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
+        !next.stderr().contains("waiting for its lease"),
+        "{}",
+        next.stderr()
     );
     let login = common::post(
         next.port,

@@ -46,6 +46,9 @@ pub enum MeshError {
     /// The shard's storage failed: it acknowledges nothing more and is stopping.
     #[error("shard {0} cannot store changes")]
     StorageFailed(usize),
+    /// Too many of the shard's changes wait for the database: the command was not executed.
+    #[error("shard {0} has too many changes waiting for the database")]
+    Backlogged(usize),
 }
 
 /// A handler's answer: ready now, or once a future resolves (e.g. after a log write).

@@ -181,7 +181,7 @@ impl Shard {
     pub async fn invoke_on(&self, target: usize, command: Command) -> Result<Reply, MeshError> {
         if target == self.id() {
             if self.backlogged(&command) {
-                return Err(MeshError::StorageFailed(target));
+                return Err(MeshError::Backlogged(target));
             }
             let unsynced = matches!(command, Command::Unsynced(_));
             let reply = self.execute(command);

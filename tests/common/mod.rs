@@ -74,6 +74,8 @@ pub struct Server {
     owns_data_dir: bool,
     /// For servers whose listeners speak TLS: a client trusting their CA, and which listeners.
     pub tls: Option<TlsListeners>,
+    /// The keyspace of a server on the ScyllaDB backend (TEST_STORAGE_BACKEND=scylla).
+    keyspace: Option<String>,
 }
 
 /// Which listeners of a test server speak TLS, and a client configuration that trusts them.
@@ -94,6 +96,46 @@ const BASE_ENV: &[(&str, &str)] = &[
     ("SHARDPAY_STORAGE_SEGMENT_BYTES", "1048576"),
     ("RUST_LOG", "warn"),
 ];
+
+/// With `TEST_STORAGE_BACKEND=scylla` (and `CASSANDRA_NODE`), every test server keeps its state in
+/// the Cassandra node instead of a write-ahead log: scripts/test.sh runs the API contract tests
+/// (tests/auth.rs, money.rs, payments.rs) a second time so. Each data directory maps to a keyspace
+/// of its own (migrated before the start), so a test that restarts a server on its data directory
+/// finds its state again. `None`: the embedded log, as the test asked.
+fn scylla_env(env: &[(&str, &str)], data_dir: &std::path::Path) -> Option<Vec<(String, String)>> {
+    if std::env::var("TEST_STORAGE_BACKEND").ok().as_deref() != Some("scylla")
+        || env.iter().any(|(name, _)| *name == "SHARDPAY_STORAGE_BACKEND")
+    {
+        return None;
+    }
+    let node = std::env::var("CASSANDRA_NODE").expect("TEST_STORAGE_BACKEND=scylla needs CASSANDRA_NODE");
+    // A keyspace name from the data directory: the same directory, the same keyspace.
+    let hash = data_dir
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    let keyspace = format!("t_api_{hash:016x}");
+    let migrated = Command::new(binary())
+        .args(["db", "migrate"])
+        .env("SHARDPAY_SCYLLA_NODES", &node)
+        .env("SHARDPAY_SCYLLA_KEYSPACE", &keyspace)
+        .output()
+        .expect("run shardpay db migrate");
+    assert!(
+        migrated.status.success(),
+        "shardpay db migrate: {}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    Some(vec![
+        ("SHARDPAY_STORAGE_BACKEND".into(), "scylla".into()),
+        ("SHARDPAY_SCYLLA_NODES".into(), node),
+        ("SHARDPAY_SCYLLA_KEYSPACE".into(), keyspace),
+        // A killed server's leases must not hold a restart up for long.
+        ("SHARDPAY_SCYLLA_LEASE_SECONDS".into(), "3".into()),
+    ])
+}
 
 /// A new empty directory under the system's temporary directory.
 pub fn temp_dir(purpose: &str) -> std::path::PathBuf {
@@ -179,6 +221,7 @@ impl Server {
             .map(|(_, dir)| std::path::PathBuf::from(dir));
         let owns_data_dir = given.is_none();
         let data_dir = given.unwrap_or_else(|| temp_dir("data"));
+        let scylla = scylla_env(env, &data_dir);
         let mut command = Command::new(binary());
         command
             .arg("serve")
@@ -191,6 +234,7 @@ impl Server {
             .envs(BASE_ENV.iter().copied())
             .env("SHARDPAY_STORAGE_DATA_DIR", &data_dir)
             .envs(env.iter().copied())
+            .envs(scylla.iter().flatten().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
@@ -205,13 +249,21 @@ impl Server {
             data_dir,
             owns_data_dir,
             tls,
+            keyspace: scylla.as_ref().and_then(|env| {
+                env.iter()
+                    .find(|(name, _)| name == "SHARDPAY_SCYLLA_KEYSPACE")
+                    .map(|(_, keyspace)| keyspace.clone())
+            }),
         };
         server.wait_ready();
         server
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // On the ScyllaDB backend a start also takes the slot leases (256 lightweight
+        // transactions) and loads 16384 slots from a test node that other tests keep busy.
+        let limit = if self.keyspace.is_some() { 90 } else { 20 };
+        let deadline = Instant::now() + Duration::from_secs(limit);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("shardpay exited during start-up ({status}): {}", self.stderr());
@@ -293,8 +345,35 @@ impl Drop for Server {
         let _ = std::fs::remove_file(&self.stderr_path);
         if self.owns_data_dir {
             let _ = std::fs::remove_dir_all(&self.data_dir);
+            // Its keyspace too (TEST_STORAGE_BACKEND=scylla): hundreds of tables left behind
+            // would exhaust the test node's heap.
+            if let Some(keyspace) = self.keyspace.take() {
+                drop_keyspace(&keyspace);
+            }
         }
     }
+}
+
+/// Drops a test keyspace (best effort).
+fn drop_keyspace(keyspace: &str) {
+    let Ok(node) = std::env::var("CASSANDRA_NODE") else {
+        return;
+    };
+    let config = shardpay::config::ScyllaConfig {
+        nodes: node,
+        keyspace: keyspace.to_string(),
+        ..shardpay::config::ScyllaConfig::default()
+    };
+    let Ok(runtime) = shardpay::storage::scylla::runtime() else {
+        return;
+    };
+    runtime.block_on(async {
+        if let Ok(session) = shardpay::storage::scylla::connect(&config).await {
+            let _ = session
+                .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
+                .await;
+        }
+    });
 }
 
 /// A parsed response.
