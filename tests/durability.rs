@@ -896,7 +896,7 @@ fn kill_9_loop_loses_no_acknowledged_payment() {
 
 /// The same bank test with the state in a real Cassandra node (`storage.backend = "scylla"`):
 /// every acknowledged payment survives `kill -9`, also across changes of the shard count. A
-/// killed node's slot leases stay held until they expire (3 s here), so each restart waits.
+/// killed node's slot leases stay held until they expire (6 s here), so each restart waits.
 #[test]
 #[ignore = "needs Cassandra: scripts/cassandra.sh start, then CASSANDRA_NODE=127.0.0.1:9042"]
 fn kill_9_loop_on_the_scylla_backend_loses_no_acknowledged_payment() {
@@ -923,7 +923,7 @@ fn kill_9_loop_on_the_scylla_backend_loses_no_acknowledged_payment() {
         ("SHARDPAY_STORAGE_BACKEND", "scylla"),
         ("SHARDPAY_SCYLLA_NODES", node.as_str()),
         ("SHARDPAY_SCYLLA_KEYSPACE", keyspace.as_str()),
-        ("SHARDPAY_SCYLLA_LEASE_SECONDS", "3"),
+        ("SHARDPAY_SCYLLA_LEASE_SECONDS", "6"),
     ];
     kill_loop("kill9scylla", &[2, 2, 2, 1, 2, 2], 0x5EED_0003, &backend);
 }

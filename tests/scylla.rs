@@ -743,7 +743,9 @@ fn a_second_node_cannot_take_slots_a_running_node_holds() {
         ("SHARDPAY_STORAGE_BACKEND", "scylla"),
         ("SHARDPAY_SCYLLA_NODES", node.as_str()),
         ("SHARDPAY_SCYLLA_KEYSPACE", keyspace.as_str()),
-        ("SHARDPAY_SCYLLA_LEASE_SECONDS", "3"),
+        // Renewed every 4 s: a busy test node must not let the first node's lease lapse (it
+        // would then stop, rightly, and the second would take the slots).
+        ("SHARDPAY_SCYLLA_LEASE_SECONDS", "12"),
         ("SHARDPAY_SERVER_NODE_ID", "first"),
     ];
     let mut first = common::Server::start(1, &env);
@@ -767,8 +769,27 @@ fn a_second_node_cannot_take_slots_a_running_node_holds() {
         )
         .env("SHARDPAY_SERVER_NODE_ID", "second")
         .env("SHARDPAY_SERVER_IO_MEMORY_BYTES", "262144")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // It must give up by itself, at the latest when the lease it saw would have expired (plus
+    // the margin); if it is still running well after that, it took the slots.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut second = second;
+    while second.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let output = second.wait_with_output().unwrap();
+            panic!(
+                "the second node did not give up: {}\n--- first: {}",
+                stderr(&output),
+                first.stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second = second.wait_with_output().unwrap();
     assert_eq!(second.status.code(), Some(1));
     let text = stderr(&second);
     assert!(text.contains("are leased to first/"), "{text}");

@@ -132,8 +132,9 @@ fn scylla_env(env: &[(&str, &str)], data_dir: &std::path::Path) -> Option<Vec<(S
         ("SHARDPAY_STORAGE_BACKEND".into(), "scylla".into()),
         ("SHARDPAY_SCYLLA_NODES".into(), node),
         ("SHARDPAY_SCYLLA_KEYSPACE".into(), keyspace),
-        // A killed server's leases must not hold a restart up for long.
-        ("SHARDPAY_SCYLLA_LEASE_SECONDS".into(), "3".into()),
+        // Long enough that a busy test node never lets a live server's lease lapse, short
+        // enough that a restart after a kill waits little.
+        ("SHARDPAY_SCYLLA_LEASE_SECONDS".into(), "10".into()),
     ])
 }
 
