@@ -719,24 +719,21 @@ impl Statements {
     pub async fn prepare(session: &Session, ks: &str) -> Result<Statements, DbError> {
         let mut writes = HashMap::new();
         for stmt in Stmt::ALL {
-            let cql = stmt.cql(ks);
-            let prepared = session
-                .prepare(cql.clone())
-                .await
-                .map_err(|error| DbError::new(format!("preparing {cql}"), error))?;
-            writes.insert(stmt, prepared);
+            writes.insert(stmt, prepare_one(session, stmt.cql(ks)).await?);
         }
         let mut reads = HashMap::new();
         for table in Table::ALL {
-            let cql = table.cql(ks);
-            let prepared = session
-                .prepare(cql.clone())
-                .await
-                .map_err(|error| DbError::new(format!("preparing {cql}"), error))?;
-            reads.insert(table, prepared);
+            reads.insert(table, prepare_one(session, table.cql(ks)).await?);
         }
         Ok(Statements { writes, reads })
     }
+}
+
+async fn prepare_one(session: &Session, cql: String) -> Result<PreparedStatement, DbError> {
+    session
+        .prepare(cql.clone())
+        .await
+        .map_err(|error| DbError::new(format!("preparing {cql}"), error))
 }
 
 /// The write timestamps of one batch: each row's is its lease block's epoch shifted left by 40
