@@ -69,6 +69,74 @@ impl Histogram {
     }
 }
 
+/// One shard's counters of the ScyllaDB store (zero and not rendered with the embedded log).
+#[derive(Debug)]
+pub struct DbMetrics {
+    /// Logged batches the database acknowledged.
+    pub batches: Cell<u64>,
+    /// Row writes (upserts and deletes) in acknowledged batches.
+    pub rows: Cell<u64>,
+    /// Batch attempts that failed (each is retried until it succeeds).
+    pub write_failures: Cell<u64>,
+    /// Time of each acknowledged batch attempt, from handing it to the driver's thread to the
+    /// acknowledgement.
+    pub write_duration: Histogram,
+    /// Commands refused unexecuted because `scylla.pending_frames_max` frames waited.
+    pub backlog_refusals: Cell<u64>,
+    /// Answers that gave up waiting for the database after `scylla.request_timeout_ms` (503).
+    pub answer_timeouts: Cell<u64>,
+}
+
+impl DbMetrics {
+    fn new() -> Self {
+        DbMetrics {
+            batches: Cell::new(0),
+            rows: Cell::new(0),
+            write_failures: Cell::new(0),
+            write_duration: Histogram::new(),
+            backlog_refusals: Cell::new(0),
+            answer_timeouts: Cell::new(0),
+        }
+    }
+
+    /// Adds one to `cell`.
+    pub fn bump(cell: &Cell<u64>) {
+        cell.set(cell.get() + 1);
+    }
+
+    /// An owned copy, with the frames now waiting for the database.
+    pub fn snapshot(&self, pending_frames: u64) -> DbSnapshot {
+        DbSnapshot {
+            batches: self.batches.get(),
+            rows: self.rows.get(),
+            write_failures: self.write_failures.get(),
+            write_duration: self.write_duration.snapshot(),
+            backlog_refusals: self.backlog_refusals.get(),
+            answer_timeouts: self.answer_timeouts.get(),
+            pending_frames,
+        }
+    }
+}
+
+/// [`DbMetrics`] at one moment.
+#[derive(Debug, Clone)]
+pub struct DbSnapshot {
+    /// Acknowledged batches.
+    pub batches: u64,
+    /// Rows in acknowledged batches.
+    pub rows: u64,
+    /// Failed batch attempts.
+    pub write_failures: u64,
+    /// Acknowledged batch attempts' durations.
+    pub write_duration: HistogramSnapshot,
+    /// Commands refused for the backlog.
+    pub backlog_refusals: u64,
+    /// Answers that timed out waiting for the database.
+    pub answer_timeouts: u64,
+    /// Frames applied and not yet acknowledged by the database.
+    pub pending_frames: u64,
+}
+
 /// One shard's counters.
 #[derive(Debug)]
 pub struct ShardMetrics {
@@ -103,6 +171,8 @@ pub struct ShardMetrics {
     pub mesh_received: Box<[Cell<u64>]>,
     /// Sends that found a peer's queue full and had to wait.
     pub mesh_backpressure: Box<[Cell<u64>]>,
+    /// The ScyllaDB store's counters.
+    pub db: DbMetrics,
 }
 
 impl ShardMetrics {
@@ -127,6 +197,7 @@ impl ShardMetrics {
             mesh_sent: cells(shards),
             mesh_received: cells(shards),
             mesh_backpressure: cells(shards),
+            db: DbMetrics::new(),
         }
     }
 
@@ -190,6 +261,7 @@ impl ShardMetrics {
             requests_shed: 0,
             queue_delay_seconds: 0.0,
             shed_share: 0.0,
+            db: None,
         }
     }
 }
@@ -263,6 +335,8 @@ pub struct Snapshot {
     pub queue_delay_seconds: f64,
     /// The share of new API requests being refused.
     pub shed_share: f64,
+    /// The ScyllaDB store's counters, with that store.
+    pub db: Option<DbSnapshot>,
 }
 
 /// Reads one per-shard value from a snapshot.
@@ -294,37 +368,14 @@ pub fn render(snapshots: &[Snapshot]) -> String {
             );
         }
     }
-    header(
+    histogram(
         &mut out,
         "shardpay_http_request_duration_seconds",
-        "histogram",
         "Time from reading a request to writing its response.",
+        snapshots
+            .iter()
+            .map(|snapshot| (snapshot.shard, &snapshot.latency)),
     );
-    for snapshot in snapshots {
-        let mut cumulative = 0u64;
-        for (index, count) in snapshot.latency.buckets.iter().enumerate() {
-            cumulative += count;
-            let bound = match LATENCY_BUCKETS_SECONDS.get(index) {
-                Some(bound) => bound.to_string(),
-                None => "+Inf".to_string(),
-            };
-            let _ = writeln!(
-                out,
-                "shardpay_http_request_duration_seconds_bucket{{shard=\"{}\",le=\"{}\"}} {}",
-                snapshot.shard, bound, cumulative
-            );
-        }
-        let _ = writeln!(
-            out,
-            "shardpay_http_request_duration_seconds_sum{{shard=\"{}\"}} {}",
-            snapshot.shard, snapshot.latency.sum_seconds
-        );
-        let _ = writeln!(
-            out,
-            "shardpay_http_request_duration_seconds_count{{shard=\"{}\"}} {}",
-            snapshot.shard, cumulative
-        );
-    }
     let simple: [(&str, &str, &str, Gauge); 14] = [
         (
             "shardpay_requests_shed_total",
@@ -481,7 +532,96 @@ pub fn render(snapshots: &[Snapshot]) -> String {
             }
         }
     }
+    render_db(&mut out, snapshots);
     out
+}
+
+/// Renders one histogram series per shard.
+fn histogram<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    shards: impl Iterator<Item = (usize, &'a HistogramSnapshot)>,
+) {
+    header(out, name, "histogram", help);
+    for (shard, snapshot) in shards {
+        let mut cumulative = 0u64;
+        for (index, count) in snapshot.buckets.iter().enumerate() {
+            cumulative += count;
+            let bound = match LATENCY_BUCKETS_SECONDS.get(index) {
+                Some(bound) => bound.to_string(),
+                None => "+Inf".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{shard=\"{shard}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {}", snapshot.sum_seconds);
+        let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {cumulative}");
+    }
+}
+
+/// Renders the ScyllaDB store's series, for the shards that have them.
+fn render_db(out: &mut String, snapshots: &[Snapshot]) {
+    let db: Vec<(usize, &DbSnapshot)> = snapshots
+        .iter()
+        .filter_map(|snapshot| snapshot.db.as_ref().map(|db| (snapshot.shard, db)))
+        .collect();
+    if db.is_empty() {
+        return;
+    }
+    let series: [(&str, &str, &str, fn(&DbSnapshot) -> u64); 6] = [
+        (
+            "shardpay_db_batches_total",
+            "counter",
+            "Logged batches of the shard's changes the database acknowledged.",
+            |d| d.batches,
+        ),
+        (
+            "shardpay_db_rows_written_total",
+            "counter",
+            "Row writes (upserts and deletes) in acknowledged batches.",
+            |d| d.rows,
+        ),
+        (
+            "shardpay_db_write_failures_total",
+            "counter",
+            "Batch attempts that failed; each is retried with backoff until it succeeds.",
+            |d| d.write_failures,
+        ),
+        (
+            "shardpay_db_backlog_refusals_total",
+            "counter",
+            "Commands refused unexecuted (503) because scylla.pending_frames_max changes waited for the database.",
+            |d| d.backlog_refusals,
+        ),
+        (
+            "shardpay_db_answer_timeouts_total",
+            "counter",
+            "Answers that stopped waiting for the database after scylla.request_timeout_ms (503).",
+            |d| d.answer_timeouts,
+        ),
+        (
+            "shardpay_db_pending_frames",
+            "gauge",
+            "Changes applied by the shard and not yet acknowledged by the database.",
+            |d| d.pending_frames,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        header(out, name, kind, help);
+        for (shard, snapshot) in &db {
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", value(snapshot));
+        }
+    }
+    histogram(
+        out,
+        "shardpay_db_write_duration_seconds",
+        "Time of each acknowledged batch, from handing it to the driver's thread to the acknowledgement.",
+        db.iter()
+            .map(|(shard, snapshot)| (*shard, &snapshot.write_duration)),
+    );
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -529,5 +669,54 @@ mod tests {
             text.contains("shardpay_mesh_messages_sent_total{shard=\"1\",peer=\"0\"} 1\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_series_is_documented_in_the_api_reference() {
+        let metrics = ShardMetrics::new(0, 2, &["/a"]);
+        let mut snapshot = metrics.snapshot(0);
+        snapshot.db = Some(metrics.db.snapshot(0));
+        let text = render(&[snapshot]);
+        let reference = include_str!("../docs/API.md");
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split(' ').next())
+            .collect();
+        assert!(names.len() > 20, "{text}");
+        for name in names {
+            assert!(
+                reference.contains(&format!("`{name}`")),
+                "{name} is rendered but not in docs/API.md"
+            );
+        }
+    }
+
+    #[test]
+    fn renders_the_database_series_only_with_the_database() {
+        let metrics = ShardMetrics::new(0, 1, &["/a"]);
+        let text = render(&[metrics.snapshot(0)]);
+        assert!(!text.contains("shardpay_db_"), "{text}");
+
+        DbMetrics::bump(&metrics.db.batches);
+        metrics.db.rows.set(7);
+        DbMetrics::bump(&metrics.db.write_failures);
+        metrics.db.write_duration.observe(Duration::from_millis(3), 1);
+        let mut snapshot = metrics.snapshot(0);
+        snapshot.db = Some(metrics.db.snapshot(5));
+        let text = render(&[snapshot]);
+        for line in [
+            "shardpay_db_batches_total{shard=\"0\"} 1\n",
+            "shardpay_db_rows_written_total{shard=\"0\"} 7\n",
+            "shardpay_db_write_failures_total{shard=\"0\"} 1\n",
+            "shardpay_db_backlog_refusals_total{shard=\"0\"} 0\n",
+            "shardpay_db_pending_frames{shard=\"0\"} 5\n",
+            "# TYPE shardpay_db_pending_frames gauge\n",
+            "shardpay_db_write_duration_seconds_bucket{shard=\"0\",le=\"0.0025\"} 0\n",
+            "shardpay_db_write_duration_seconds_bucket{shard=\"0\",le=\"0.005\"} 1\n",
+            "shardpay_db_write_duration_seconds_count{shard=\"0\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
     }
 }

@@ -12,7 +12,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{get_with, post, Server};
+use common::{get, get_with, post, Server};
 use serde_json::json;
 
 const ADMIN: &str = "Authorization: Bearer dev-admin-key-not-for-production";
@@ -32,6 +32,14 @@ impl Drop for Frozen {
     fn drop(&mut self) {
         unsafe { libc::kill(self.0, libc::SIGCONT) };
     }
+}
+
+/// The sum over shards of a metric's samples named exactly `name`.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn balance(port: u16, token: &str) -> u64 {
@@ -144,6 +152,28 @@ fn an_outage_fails_payments_with_503_and_the_server_recovers_when_the_database_d
     assert_eq!(again.json()["id"], retried.json()["id"]);
     assert_eq!(balance(port, &tokens[0]), 10_000 - 700);
     assert_eq!(balance(port, &tokens[1]), 700);
+    // /metrics tells the operator what happened: batches written, answers that timed out,
+    // commands refused for the backlog, and nothing waiting any more.
+    let metrics = get(port, "/metrics").text();
+    assert!(metric(&metrics, "shardpay_db_batches_total") >= 1.0, "{metrics}");
+    assert!(
+        metric(&metrics, "shardpay_db_rows_written_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "shardpay_db_answer_timeouts_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "shardpay_db_backlog_refusals_total") >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "shardpay_db_pending_frames"), 0.0, "{metrics}");
+    assert!(
+        metric(&metrics, "shardpay_db_write_duration_seconds_count")
+            >= metric(&metrics, "shardpay_db_batches_total"),
+        "{metrics}"
+    );
     // A clean stop writes what is left and releases the leases.
     let mut server = server;
     server.signal(libc::SIGTERM);

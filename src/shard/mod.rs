@@ -16,14 +16,14 @@ use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::config::{parse_cpu_list, Config, ConfigError, Durability, StorageBackend};
 use crate::home::{Home, UserCommand, UserReply};
 use crate::http::date;
-use crate::metrics::{ShardMetrics, Snapshot};
+use crate::metrics::{DbMetrics, ShardMetrics, Snapshot};
 use crate::net::Connections;
 use crate::slots::Slot;
 use crate::storage::journal::{Failed, Journal, JournalLog, Mode};
@@ -233,10 +233,14 @@ impl Shard {
     /// slower than the load), so that the backlog — and the batch that will carry it — stays
     /// bounded. Counters and descriptions are always served.
     fn backlogged(&self, command: &Command) -> bool {
-        matches!(command, Command::User(_) | Command::Unsynced(_))
+        let refused = matches!(command, Command::User(_) | Command::Unsynced(_))
             && self
                 .backlog_max
-                .is_some_and(|max| self.journal.written() - self.journal.durable_seq() >= max)
+                .is_some_and(|max| self.journal.written() - self.journal.durable_seq() >= max);
+        if refused {
+            DbMetrics::bump(&self.metrics.db.backlog_refusals);
+        }
+        refused
     }
 
     /// Resolves once frame `seq` is durable; with the ScyllaDB store, fails after
@@ -245,12 +249,14 @@ impl Shard {
     fn durable(&self, seq: u64) -> impl Future<Output = Result<(), Failed>> + 'static {
         let durable = self.journal.durable(seq);
         let limit = self.durable_limit;
+        let metrics = self.metrics.clone();
         async move {
             match limit {
                 None => durable.await,
                 Some(limit) => {
                     futures_lite::future::or(durable, async move {
                         sleep(limit).await;
+                        DbMetrics::bump(&metrics.db.answer_timeouts);
                         Err(Failed(
                             "the database did not acknowledge the change in time".into(),
                         ))
@@ -323,6 +329,10 @@ impl Shard {
                 snapshot.log_frames = log.frames;
                 snapshot.log_batches = log.batches;
                 snapshot.log_bytes = log.bytes;
+                if self.durable_limit.is_some() {
+                    let pending = self.journal.written() - self.journal.durable_seq();
+                    snapshot.db = Some(self.metrics.db.snapshot(pending));
+                }
                 Reply::Snapshot(Box::new(snapshot))
             }
             Command::Describe => Reply::Describe(self.info.clone()),
@@ -745,14 +755,24 @@ async fn scylla_writer(shard: Rc<Shard>, db: ScyllaShared, touched: Touched) {
         let mut failures: u64 = 0;
         let mut backoff = Duration::from_millis(20);
         loop {
-            let (writes, statements, stamps) = (writes.clone(), db.statements.clone(), stamps.clone());
+            let (sent, statements, stamps) = (writes.clone(), db.statements.clone(), stamps.clone());
+            let started = Instant::now();
             let outcome = foreign(db.handle.call("writing a batch", move |session| async move {
-                rows::write(&session, &statements, &writes, &stamps).await
+                rows::write(&session, &statements, &sent, &stamps).await
             }))
             .await;
             match outcome {
-                Ok(()) => break,
+                Ok(()) => {
+                    if !writes.is_empty() {
+                        let metrics = &shard.metrics.db;
+                        metrics.write_duration.observe(started.elapsed(), 1);
+                        DbMetrics::bump(&metrics.batches);
+                        metrics.rows.set(metrics.rows.get() + writes.len() as u64);
+                    }
+                    break;
+                }
                 Err(error) => {
+                    DbMetrics::bump(&shard.metrics.db.write_failures);
                     failures += 1;
                     if failures == 1 || failures % 20 == 0 {
                         tracing::warn!(
