@@ -343,6 +343,8 @@ pub struct Snapshot {
 type Gauge = fn(&Snapshot) -> u64;
 /// Reads one per-shard fractional value from a snapshot.
 type Fraction = fn(&Snapshot) -> f64;
+/// Reads one per-shard value of the database's counters.
+type DbValue = fn(&DbSnapshot) -> u64;
 /// Reads per-peer values from a snapshot.
 type PerPeer = fn(&Snapshot) -> &Vec<u64>;
 
@@ -571,7 +573,7 @@ fn render_db(out: &mut String, snapshots: &[Snapshot]) {
     if db.is_empty() {
         return;
     }
-    let series: [(&str, &str, &str, fn(&DbSnapshot) -> u64); 6] = [
+    let series: [(&str, &str, &str, DbValue); 6] = [
         (
             "shardpay_db_batches_total",
             "counter",
