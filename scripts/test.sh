@@ -34,7 +34,7 @@ set +e
 cargo test --workspace 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-echo "== cargo test --test scylla --test durability -- --ignored (a real Cassandra node)"
+echo "== cargo test --test scylla --test cluster --test durability -- --ignored (a real Cassandra node)"
 if [ -z "${CASSANDRA_NODE:-}" ]; then
   if wait "$cassandra_pid"; then
     cat "$log.cassandra"
@@ -48,7 +48,7 @@ if [ -z "${CASSANDRA_NODE:-}" ]; then
 fi
 if [ -n "${CASSANDRA_NODE:-}" ]; then
   set +e
-  cargo test --test scylla --test durability -- --ignored 2>&1 | tee -a "$log"
+  cargo test --test scylla --test cluster --test durability -- --ignored 2>&1 | tee -a "$log"
   scylla_status=${PIPESTATUS[0]}
   set -e
   [ "$scylla_status" = 0 ] || status=$scylla_status

@@ -34,6 +34,8 @@ pub struct Config {
     pub overload: OverloadConfig,
     /// The ScyllaDB (or Apache Cassandra) cluster of the scale-out store.
     pub scylla: ScyllaConfig,
+    /// Several shardpay nodes, each serving a range of slots.
+    pub cluster: ClusterConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -402,6 +404,89 @@ pub const DEV_ADMIN_API_KEY: &str = "dev-admin-key-not-for-production";
 
 /// The development JWT secret (base64url). Refused when `auth.dev_keys_allowed` is false.
 pub const DEV_JWT_SECRET: &str = "ZGV2ZWxvcG1lbnQta2V5LW5vdC1mb3ItcHJvZHVjdGlvbi11c2U";
+
+/// `[cluster]`: several shardpay nodes, each serving a range of slots (needs the ScyllaDB store).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's slots, `FIRST-LAST`, whole blocks of 64 slots; default every slot.
+    pub slots: String,
+    /// The other nodes, comma-separated `FIRST-LAST=HOST:PORT` (their `cluster.listen`).
+    pub peers: String,
+    /// Address every shard binds (SO_REUSEPORT) for the other nodes' commands; needed with peers.
+    pub listen: String,
+    /// Secret the nodes present to each other, at least 32 characters; needed with peers (set
+    /// it from the environment: SHARDPAY_CLUSTER_SECRET).
+    pub secret: String,
+    /// Longest wait for another node's answer, and for a connection to it.
+    pub request_timeout_ms: u64,
+    /// Commands one shard keeps in flight to one node; more wait.
+    pub in_flight_max: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            slots: "0-16383".to_string(),
+            peers: String::new(),
+            listen: String::new(),
+            secret: String::new(),
+            request_timeout_ms: 5000,
+            in_flight_max: 1024,
+        }
+    }
+}
+
+/// Shortest `cluster.secret`.
+pub const CLUSTER_SECRET_MIN: usize = 32;
+
+impl ClusterConfig {
+    fn validate(&self, shards: usize, backend: StorageBackend) -> Result<(), ConfigError> {
+        crate::placement::Placement::new(&self.slots, shards.max(1), &self.peers).map_err(|message| {
+            let key = if message.contains("HOST:PORT") {
+                "cluster.peers"
+            } else {
+                "cluster.slots"
+            };
+            error(key, message)
+        })?;
+        let placement = self.placement(shards.max(1));
+        if !placement.is_single() {
+            if backend != StorageBackend::Scylla {
+                return Err(error(
+                    "cluster.peers",
+                    "several nodes need storage.backend = \"scylla\" (its slot leases keep two nodes from serving the same slots)",
+                ));
+            }
+            self.listen.parse::<SocketAddr>().map_err(|_| {
+                error(
+                    "cluster.listen",
+                    format!(
+                        "with peers, expected the IP:PORT the other nodes reach, got {:?}",
+                        self.listen
+                    ),
+                )
+            })?;
+            if self.secret.len() < CLUSTER_SECRET_MIN {
+                return Err(error(
+                    "cluster.secret",
+                    format!("with peers, must be at least {CLUSTER_SECRET_MIN} characters, the same on every node"),
+                ));
+            }
+        }
+        positive("cluster.request_timeout_ms", self.request_timeout_ms)?;
+        if self.in_flight_max == 0 || self.in_flight_max > 65536 {
+            return Err(error("cluster.in_flight_max", "must be from 1 to 65536"));
+        }
+        Ok(())
+    }
+
+    /// This node's placement with `shards` shards (the configuration must be valid).
+    pub fn placement(&self, shards: usize) -> crate::placement::Placement {
+        crate::placement::Placement::new(&self.slots, shards.max(1), &self.peers)
+            .unwrap_or_else(|_| crate::placement::Placement::single(shards))
+    }
+}
 
 /// `[log]`: logging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -860,6 +945,8 @@ impl Config {
         self.tls.validate()?;
         self.overload.validate()?;
         self.scylla.validate()?;
+        // With `server.shards = 0` the count is known at launch, which checks the division again.
+        self.cluster.validate(self.server.shards, self.storage.backend)?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|err| error("log.level", format!("not a valid filter: {err}")))?;
         Ok(())

@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod payments;
+pub mod placement;
 pub mod ratelimit;
 pub mod segmap;
 pub mod server;

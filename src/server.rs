@@ -54,12 +54,17 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), ShardError> {
     launch.open_storage(options.repair)?;
     let scylla = match config.storage.backend {
         crate::config::StorageBackend::Scylla => {
-            let node = Node::start(&config.scylla, &launch.cluster.node_id, |reason| {
-                tracing::error!(%reason, "the slot leases are lost: stopping at once");
-                eprintln!("shardpay: {reason}; stopping");
-                // Another node may serve these slots now: no drain, no more writes.
-                std::process::exit(1);
-            })
+            let node = Node::start(
+                &config.scylla,
+                &launch.cluster.node_id,
+                launch.cluster.placement.slots(),
+                |reason| {
+                    tracing::error!(%reason, "the slot leases are lost: stopping at once");
+                    eprintln!("shardpay: {reason}; stopping");
+                    // Another node may serve these slots now: no drain, no more writes.
+                    std::process::exit(1);
+                },
+            )
             .map_err(|error| ShardError::Storage(error.to_string()))?;
             launch.use_scylla(ScyllaShared {
                 handle: node.handle.clone(),

@@ -297,8 +297,15 @@ pub(super) async fn release_unacknowledged_claim(
     key: &str,
     error: &crate::shard::mesh::MeshError,
 ) {
+    use crate::net::peer::PeerError;
     use crate::shard::mesh::MeshError;
-    if matches!(error, MeshError::StorageFailed(_) | MeshError::Timeout(_)) {
+    // On another node, a broken connection may also have lost the reply of an applied claim.
+    if matches!(
+        error,
+        MeshError::StorageFailed(_)
+            | MeshError::Timeout(_)
+            | MeshError::Node(PeerError::StorageFailed | PeerError::Timeout | PeerError::Unreachable)
+    ) {
         let release = UserCommand::IdempotencyComplete {
             scope,
             key: key.to_string(),

@@ -6,6 +6,7 @@
 //! logged, counted and waited out.
 
 mod connections;
+pub mod peer;
 pub mod tls;
 
 use std::io;

@@ -35,7 +35,7 @@ pub enum Scope {
 pub type Fingerprint = [u8; 32];
 
 /// What to do with a request that carries a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Begin {
     /// New key: execute the request, then [`Store::complete`] or [`Store::abandon`].
     Proceed,

@@ -224,7 +224,7 @@ pub enum Event {
 }
 
 /// Why a command was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum LedgerError {
     /// The amount is 0 or above [`AMOUNT_MAX`].
     #[error("invalid amount")]

@@ -49,6 +49,9 @@ pub enum MeshError {
     /// Too many of the shard's changes wait for the database: the command was not executed.
     #[error("shard {0} has too many changes waiting for the database")]
     Backlogged(usize),
+    /// The command was for a slot of another node, which gave no reply.
+    #[error("the node serving the user: {0}")]
+    Node(crate::net::peer::PeerError),
 }
 
 /// A handler's answer: ready now, or once a future resolves (e.g. after a log write).

@@ -24,7 +24,10 @@ use crate::config::{parse_cpu_list, Config, ConfigError, Durability, StorageBack
 use crate::home::{Home, UserCommand, UserReply};
 use crate::http::date;
 use crate::metrics::{DbMetrics, ShardMetrics, Snapshot};
+use crate::net::peer::{self, Hello, Outcome, PeerClient, PeerError, ServeSettings};
 use crate::net::Connections;
+use crate::net::Listener;
+use crate::placement;
 use crate::slots::Slot;
 use crate::storage::journal::{Failed, Journal, JournalLog, Mode};
 use crate::storage::layout::{Layout, LayoutError};
@@ -50,6 +53,8 @@ pub struct Cluster {
     pub shards: usize,
     /// CPU of each shard.
     pub cpus: Vec<usize>,
+    /// This node's slots, its shards' parts of them, and the other nodes.
+    pub placement: placement::Placement,
     ready: AtomicUsize,
     shutdown: Arc<AtomicBool>,
     /// The start-up responder (see `server`) must stop: a shard is about to listen.
@@ -168,6 +173,8 @@ pub struct Shard {
     /// With the ScyllaDB store: frames waiting for the database beyond which commands are refused.
     backlog_max: Option<u64>,
     mesh: Mesh<Command, Reply>,
+    /// A connection to each other node (indexed like `cluster.placement.peers()`).
+    peers: Vec<PeerClient<UserReply>>,
 }
 
 impl Shard {
@@ -272,13 +279,10 @@ impl Shard {
         self.journal.stats()
     }
 
-    /// Runs a user-scoped command on the home shard of `slot`.
+    /// Runs a user-scoped command on the home shard of `slot`: on this node, or on the node that
+    /// serves the slot.
     pub async fn invoke_on_home(&self, slot: Slot, command: UserCommand) -> Result<UserReply, MeshError> {
-        let home = slot.shard(self.cluster.shards);
-        match self.invoke_on(home, Command::User(command)).await? {
-            Reply::User(reply) => Ok(reply),
-            _ => unreachable!("a user command is answered with a user reply"),
-        }
+        self.invoke_on_slot(slot, false, command).await
     }
 
     /// As [`Shard::invoke_on_home`], but the reply does not wait for the command's own changes to
@@ -291,16 +295,77 @@ impl Shard {
         slot: Slot,
         command: UserCommand,
     ) -> Result<UserReply, MeshError> {
-        let home = slot.shard(self.cluster.shards);
-        match self.invoke_on(home, Command::Unsynced(command)).await? {
-            Reply::User(reply) => Ok(reply),
-            _ => unreachable!("a user command is answered with a user reply"),
+        self.invoke_on_slot(slot, true, command).await
+    }
+
+    async fn invoke_on_slot(
+        &self,
+        slot: Slot,
+        unsynced: bool,
+        command: UserCommand,
+    ) -> Result<UserReply, MeshError> {
+        match self.cluster.placement.home(slot) {
+            placement::Home::Shard(home) => {
+                let command = if unsynced {
+                    Command::Unsynced(command)
+                } else {
+                    Command::User(command)
+                };
+                match self.invoke_on(home, command).await? {
+                    Reply::User(reply) => Ok(reply),
+                    _ => unreachable!("a user command is answered with a user reply"),
+                }
+            }
+            placement::Home::Peer(peer) => {
+                let Some(client) = self.peers.get(peer) else {
+                    return Err(MeshError::Node(PeerError::Unreachable));
+                };
+                let (_, reply) = client
+                    .call(slot.number(), unsynced, &command)
+                    .await
+                    .map_err(MeshError::Node)?;
+                Ok(reply)
+            }
         }
     }
 
-    /// The shard that owns `slot`.
+    /// Runs a command another node sent for `slot`, which this node must serve.
+    async fn serve_node(&self, slot: u32, unsynced: bool, command: UserCommand) -> Outcome<UserReply> {
+        let Some(home) = Slot::new(slot).and_then(|slot| self.cluster.placement.local_shard(slot)) else {
+            return Outcome::Failed(PeerError::NotServed);
+        };
+        let command = if unsynced {
+            Command::Unsynced(command)
+        } else {
+            Command::User(command)
+        };
+        match self.invoke_on(home, command).await {
+            Ok(Reply::User(reply)) => Outcome::Reply { shard: home, reply },
+            Ok(_) => Outcome::Failed(PeerError::ShardUnavailable),
+            Err(MeshError::StorageFailed(_)) => Outcome::Failed(PeerError::StorageFailed),
+            Err(MeshError::Backlogged(_)) => Outcome::Failed(PeerError::Backlogged),
+            Err(MeshError::Timeout(_)) => Outcome::Failed(PeerError::Timeout),
+            Err(_) => Outcome::Failed(PeerError::ShardUnavailable),
+        }
+    }
+
+    /// The shard that owns `slot`: of this node, or of the node that serves it (once this shard
+    /// has reached that node, which tells its shard count; before, this shard).
     pub fn home_of(&self, slot: Slot) -> usize {
-        slot.shard(self.cluster.shards)
+        match self.cluster.placement.home(slot) {
+            placement::Home::Shard(home) => home,
+            placement::Home::Peer(peer) => {
+                let (Some(client), Some(range)) =
+                    (self.peers.get(peer), self.cluster.placement.peers().get(peer))
+                else {
+                    return self.id();
+                };
+                match client.shards() {
+                    0 => self.id(),
+                    shards => range.slots.part_of(slot.number(), shards),
+                }
+            }
+        }
     }
 
     /// Runs a command on every shard, in shard order.
@@ -471,10 +536,16 @@ impl Launch {
         } else {
             config.server.node_id.clone()
         };
+        let placement = placement::Placement::new(&config.cluster.slots, cpus.len(), &config.cluster.peers)
+            .map_err(|message| ConfigError {
+            key: "cluster.slots".into(),
+            message,
+        })?;
         let cluster = Arc::new(Cluster {
             node_id,
             shards: cpus.len(),
             cpus,
+            placement,
             ready: AtomicUsize::new(0),
             shutdown: Arc::new(AtomicBool::new(false)),
             starting_stop: AtomicBool::new(false),
@@ -547,7 +618,8 @@ impl Launch {
                 .blocking_thread_pool_placement(PoolPlacement::Unbound(config.server.blocking_threads));
             let spawned = builder.spawn(move || async move {
                 let cluster = shard_cluster;
-                let (first_slot, last_slot) = slot_range(shard, shards);
+                let slots = cluster.placement.shard_slots(shard);
+                let (first_slot, last_slot) = (slots.first, slots.last);
                 let metrics = Rc::new(ShardMetrics::new(shard, shards, routes));
                 let connections = Connections::new(
                     config.limits.connections_per_shard_max,
@@ -564,6 +636,7 @@ impl Launch {
                     port: config.server.shard_port_base + shard as u16,
                 };
                 let mut home = Home::new(shard, shards, &config.auth, &config.money);
+                home.set_slots(slots);
                 let (journal, files) = match &layout {
                     Some(layout) => {
                         let dir = layout.shard_dir(shard);
@@ -625,7 +698,11 @@ impl Launch {
                     durable_limit: scylla.as_ref().map(|db| db.durable_limit),
                     backlog_max: scylla.as_ref().map(|db| db.pending_frames_max),
                     mesh,
+                    peers: peer_clients(&cluster, &config),
                 });
+                if !cluster.placement.is_single() {
+                    serve_nodes(&this, &config)?;
+                }
                 if let Some((dir, files)) = files {
                     start_writer(&this, dir, files, &config);
                 }
@@ -678,6 +755,61 @@ impl Launch {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// The shard's clients of the other nodes.
+fn peer_clients(cluster: &Cluster, config: &Config) -> Vec<PeerClient<UserReply>> {
+    let slots = |range: placement::SlotRange| (range.first, range.last);
+    cluster
+        .placement
+        .peers()
+        .iter()
+        .map(|peer| {
+            let hello = Hello {
+                secret: config.cluster.secret.clone(),
+                node: cluster.node_id.clone(),
+                slots: slots(peer.slots),
+            };
+            PeerClient::new(
+                peer.address.clone(),
+                hello,
+                Duration::from_millis(config.cluster.request_timeout_ms),
+                config.cluster.in_flight_max,
+            )
+        })
+        .collect()
+}
+
+/// Binds `cluster.listen` on this shard (SO_REUSEPORT: every shard accepts) and serves the
+/// other nodes' commands.
+fn serve_nodes(shard: &Rc<Shard>, config: &Config) -> Result<(), String> {
+    let address: std::net::SocketAddr = config
+        .cluster
+        .listen
+        .parse()
+        .map_err(|_| format!("cluster.listen {:?} is not IP:PORT", config.cluster.listen))?;
+    let listener = Listener::bind(address, config.server.backlog, true)
+        .map_err(|error| format!("cannot listen on cluster.listen {address}: {error}"))?;
+    let slots = shard.cluster.placement.slots();
+    let settings = Rc::new(ServeSettings {
+        secret: config.cluster.secret.clone(),
+        node: shard.cluster.node_id.clone(),
+        shards: shard.cluster.shards,
+        slots: (slots.first, slots.last),
+        in_flight_max: config.cluster.in_flight_max,
+    });
+    let serving = Rc::downgrade(shard);
+    let run = Rc::new(move |slot: u32, unsynced: bool, command: UserCommand| {
+        let serving = serving.clone();
+        async move {
+            match serving.upgrade() {
+                Some(shard) => shard.serve_node(slot, unsynced, command).await,
+                None => Outcome::Failed(PeerError::ShardUnavailable),
+            }
+        }
+    });
+    spawn(peer::serve(listener, settings, run, || false));
+    Ok(())
 }
 
 /// How often a shard looks again at work it awaits from another thread (see [`foreign`]).

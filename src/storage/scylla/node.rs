@@ -11,7 +11,7 @@ use super::leases::{Lease, LeaseError, Leases, BLOCKS};
 use super::rows::Statements;
 use super::{schema, DbError};
 use crate::config::ScyllaConfig;
-use crate::slots::SLOT_COUNT;
+use crate::placement::SlotRange;
 
 /// The node's connection to the database and its leases.
 pub struct Node {
@@ -41,13 +41,15 @@ fn now_ms() -> i64 {
 }
 
 impl Node {
-    /// Connects, checks that the keyspace is migrated to this binary's schema, and leases every
-    /// slot for `node_id` (a lease another node holds is refused, naming it). `on_lost` runs on
+    /// Connects, checks that the keyspace is migrated to this binary's schema, and leases the
+    /// node's `slots` (whole lease blocks) for `node_id` (a lease another node holds is refused,
+    /// naming it). `on_lost` runs on
     /// the renewal thread if a lease is lost or cannot be renewed before it expires: the node
     /// must then stop serving.
     pub fn start(
         config: &ScyllaConfig,
         node_id: &str,
+        slots: SlotRange,
         on_lost: impl Fn(String) + Send + 'static,
     ) -> Result<Node, DbError> {
         let bridge = Bridge::start(config)?;
@@ -98,7 +100,9 @@ impl Node {
             let acquiring = leases.clone();
             let outcome =
                 futures_lite::future::block_on(handle.call("taking the slot leases", move |_| async move {
-                    Ok(acquiring.acquire(0, (SLOT_COUNT - 1) as u16, now_ms()).await)
+                    Ok(acquiring
+                        .acquire(slots.first as u16, slots.last as u16, now_ms())
+                        .await)
                 }))?;
             match outcome {
                 Ok(held) => break held,
@@ -116,7 +120,7 @@ impl Node {
         for lease in &held {
             epochs[usize::from(lease.block)] = lease.epoch;
         }
-        tracing::info!(owner = %owner, blocks = held.len(), "slot leases taken");
+        tracing::info!(owner = %owner, blocks = held.len(), %slots, "slot leases taken");
         let held = Arc::new(Mutex::new(held));
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let lost = Arc::new(AtomicBool::new(false));
