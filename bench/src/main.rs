@@ -71,6 +71,11 @@ struct Cli {
     /// Connect each user's requests straight to the user's home shard port (from /v1/cluster).
     #[arg(long)]
     shard_aware: bool,
+    /// Sign the users up on the slots of the shardpay node at this URL (from its /v1/cluster)
+    /// while sending every request to --url: with several nodes, measures requests carried out on
+    /// another node. Default: the users are on --url's own slots
+    #[arg(long)]
+    placement_url: Option<String>,
     /// Share of payments to a user on another shard (0 to 1). Default: payees at random.
     #[arg(long)]
     cross_shard_ratio: Option<f64>,
@@ -89,9 +94,10 @@ struct Cli {
     /// Connections used to set the users up.
     #[arg(long, default_value_t = 8)]
     setup_connections: usize,
-    /// The server's process id: report its CPU-µs per request from /proc/PID/stat.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// The server's process id: report its CPU-µs per request from /proc/PID/stat. Several,
+    /// comma-separated (the nodes of a cluster), are summed.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Add a per-second timeline to the report (ok, shed and errors per second, and the ok
     /// answers' p50/p99), from the start of the load, warm-up included (at most 3600 seconds).
     #[arg(long)]
@@ -186,13 +192,14 @@ fn main() -> ExitCode {
     config.duration = duration;
     config.users = cli.users;
     config.shard_aware = cli.shard_aware;
+    config.placement_url = cli.placement_url;
     config.cross_shard_ratio = cli.cross_shard_ratio;
     config.admin_key = cli.admin_key;
     config.currency = cli.currency;
     config.deposit = cli.deposit;
     config.payment_amount = cli.payment_amount;
     config.setup_connections = cli.setup_connections;
-    config.server_pid = cli.server_pid;
+    config.server_pids = cli.server_pid;
     config.progress = !cli.quiet;
     config.cacert = cli.cacert;
     config.tls_server_name = cli.tls_server_name;

@@ -131,7 +131,11 @@ pub fn summary(report: &Report) -> String {
     };
     out.push_str(&cpu_line("client", &report.client_cpu));
     if let Some(server) = &report.server_cpu {
-        let label = format!("server (pid {})", server.pid.unwrap_or_default());
+        let mut label = format!("server (pid {}", server.pid.unwrap_or_default());
+        for pid in &server.more_pids {
+            label.push_str(&format!("+{pid}"));
+        }
+        label.push(')');
         out.push_str(&cpu_line(&label, server));
     }
     let handshakes = &report.handshakes;

@@ -57,6 +57,10 @@ pub struct RunConfig {
     pub users: usize,
     /// Connect each user's requests to the user's home shard port.
     pub shard_aware: bool,
+    /// Place the users on the slots of the node at this URL (its `/v1/cluster`) instead of the
+    /// target's: with several shardpay nodes, every request to the target is then carried out
+    /// on that node.
+    pub placement_url: Option<String>,
     /// Share of payments to a user on another shard; `None`: payees at random.
     pub cross_shard_ratio: Option<f64>,
     /// Admin API key for the set-up deposits.
@@ -71,8 +75,9 @@ pub struct RunConfig {
     pub payment_amount: u64,
     /// Connections used by the set-up.
     pub setup_connections: usize,
-    /// The server's process id, to report its CPU time per request.
-    pub server_pid: Option<u32>,
+    /// The server's process ids (several: the nodes of a cluster), to report their CPU time per
+    /// request, summed.
+    pub server_pids: Vec<u32>,
     /// Print a progress line every second.
     pub progress: bool,
     /// https: PEM file of the CA certificates to trust (required for https).
@@ -107,6 +112,7 @@ impl RunConfig {
             duration: Duration::from_secs(10),
             users: 100,
             shard_aware: false,
+            placement_url: None,
             cross_shard_ratio: None,
             admin_key: "dev-admin-key-not-for-production".into(),
             password: "benchmark-password-1".into(),
@@ -114,7 +120,7 @@ impl RunConfig {
             deposit: 1_000_000_000_000,
             payment_amount: 1,
             setup_connections: 8,
-            server_pid: None,
+            server_pids: Vec::new(),
             progress: false,
             cacert: None,
             tls_server_name: None,
@@ -180,6 +186,9 @@ pub struct ErrorReport {
 pub struct CpuReport {
     /// Process id (`null`: the load generator itself).
     pub pid: Option<u32>,
+    /// Further processes whose CPU time is counted with `pid`'s (the other nodes of a cluster).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub more_pids: Vec<u32>,
     /// User + system CPU µs per correct answer.
     pub cpu_us_per_request: Option<f64>,
     /// User CPU µs per correct answer.
@@ -461,7 +470,24 @@ pub fn run(config: &RunConfig) -> Result<Report, RunError> {
     let host = url.authority;
     let mix = config.scenario.mix(config.mix.clone());
     let strict = config.shard_aware || mix.needs_users();
-    let target = setup::discover(url.address, &host, tls, strict).map_err(RunError::Setup)?;
+    let mut target = setup::discover(url.address, &host, tls.clone(), strict).map_err(RunError::Setup)?;
+    if let Some(placement_url) = &config.placement_url {
+        if config.shard_aware {
+            return Err(RunError::Config(
+                "--placement-url and --shard-aware do not go together (the users' shards are on another node)".into(),
+            ));
+        }
+        let placement = parse_url(placement_url)?;
+        let placed =
+            setup::discover(placement.address, &placement.authority, tls, true).map_err(RunError::Setup)?;
+        if placed.ranges.is_empty() {
+            return Err(RunError::Config(format!(
+                "--placement-url {placement_url} has no cluster map (GET /v1/cluster)"
+            )));
+        }
+        target.shards = placed.shards;
+        target.ranges = placed.ranges;
+    }
     if config.shard_aware && target.ranges.is_empty() {
         return Err(RunError::Config(
             "--shard-aware needs the server's cluster map (GET /v1/cluster), which this target does not have"
@@ -609,15 +635,21 @@ fn run_workers(config: &RunConfig, target: &Target, workload: &Arc<Workload>) ->
         }
     };
     let read_server = |stage: &str| -> Result<Option<CpuTime>, RunError> {
-        match config.server_pid {
-            None => Ok(None),
-            Some(pid) => cpu_time(Some(pid)).map(Some).map_err(|error| {
+        let mut sum: Option<CpuTime> = None;
+        for &pid in &config.server_pids {
+            let time = cpu_time(Some(pid)).map_err(|error| {
                 RunError::Io(std::io::Error::new(
                     error.kind(),
                     format!("reading the server's CPU time (pid {pid}) at the {stage} of the run: {error}"),
                 ))
-            }),
+            })?;
+            let total = sum.unwrap_or_default();
+            sum = Some(CpuTime {
+                user_us: total.user_us + time.user_us,
+                system_us: total.system_us + time.system_us,
+            });
         }
+        Ok(sum)
     };
     let mut last_ok = 0u64;
     let mut last_shed = 0u64;
@@ -756,8 +788,9 @@ fn build_report(config: &RunConfig, target: &Target, mix: &Mix, users: usize, me
         );
     }
     let payments = kinds.get("payment").map_or(0, |report| report.ok);
-    let cpu_report = |pid: Option<u32>, time: CpuTime| CpuReport {
-        pid,
+    let cpu_report = |pids: &[u32], time: CpuTime| CpuReport {
+        pid: pids.first().copied(),
+        more_pids: pids.iter().skip(1).copied().collect(),
         cpu_us_per_request: (ok > 0).then(|| time.total_us() as f64 / ok as f64),
         user_us_per_request: (ok > 0).then(|| time.user_us as f64 / ok as f64),
         system_us_per_request: (ok > 0).then(|| time.system_us as f64 / ok as f64),
@@ -795,10 +828,10 @@ fn build_report(config: &RunConfig, target: &Target, mix: &Mix, users: usize, me
         shed_latency_us: shed_all.summary(),
         kinds,
         errors_by_kind,
-        client_cpu: cpu_report(None, measured.client_cpu),
+        client_cpu: cpu_report(&[], measured.client_cpu),
         server_cpu: measured
             .server_cpu
-            .map(|time| cpu_report(config.server_pid, time)),
+            .map(|time| cpu_report(&config.server_pids, time)),
         connects,
         client_send_lag_us: config.rate.map(|_| send_lag.summary()),
         tls: target.tls.as_ref().map(|tls| TlsReport {

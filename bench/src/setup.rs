@@ -63,12 +63,16 @@ pub struct Target {
 }
 
 impl Target {
-    /// The home shard of `slot`.
-    pub fn shard_of_slot(&self, slot: u16) -> usize {
+    /// The home shard of `slot`: `None` for a slot another node serves (the target is one node
+    /// of several, and its ranges cover only its own slots). Without a cluster map, shard 0.
+    pub fn shard_of_slot(&self, slot: u16) -> Option<usize> {
+        if self.ranges.is_empty() {
+            return Some(0);
+        }
         self.ranges
             .iter()
             .find(|range| (range.first_slot..=range.last_slot).contains(&slot))
-            .map_or(0, |range| range.shard)
+            .map(|range| range.shard)
     }
 
     /// The address of `shard`'s shard-aware port.
@@ -138,17 +142,19 @@ fn validate_map(map: &ClusterMap) -> Result<(), SetupError> {
     if map.shards == 0 || map.ranges.len() != map.shards {
         return bad("the ranges do not list every shard once");
     }
+    // One node's shards tile its range of slots: all of them, or (a node of several) a
+    // contiguous part.
     let mut ranges = map.ranges.clone();
     ranges.sort_by_key(|range| range.first_slot);
-    let mut next = 0u32;
+    let mut next = u32::from(ranges[0].first_slot);
     for range in &ranges {
         if u32::from(range.first_slot) != next || range.last_slot < range.first_slot {
             return bad("the ranges do not tile the slots");
         }
         next = u32::from(range.last_slot) + 1;
     }
-    if next != u32::from(SLOT_COUNT) {
-        return bad("the ranges do not cover every slot");
+    if next > u32::from(SLOT_COUNT) {
+        return bad("the ranges go past the last slot");
     }
     Ok(())
 }
@@ -214,7 +220,9 @@ pub fn plan_usernames(target: &Target, plan: &UserPlan) -> Vec<(String, usize)> 
     while filled.iter().any(|&count| count < quota) {
         let name = format!("{}{}{candidate}", plan.prefix, plan.tag);
         candidate += 1;
-        let shard = target.shard_of_slot(slot_of_username(&name));
+        let Some(shard) = target.shard_of_slot(slot_of_username(&name)) else {
+            continue;
+        };
         if filled[shard] < quota {
             filled[shard] += 1;
             names.push((name, shard));
@@ -308,12 +316,15 @@ fn create_user(
     if !target.ranges.is_empty() {
         let slot = slot_of_user_id(&created.id)
             .ok_or_else(|| SetupError(format!("signup: user id '{}' does not encode a slot", created.id)))?;
-        shard = target.shard_of_slot(slot);
-        if shard != planned_shard {
-            return Err(SetupError(format!(
-                "signup of '{username}': the server put it on shard {shard}, this tool's slot \
-                 function said {planned_shard} (CRC-16/XMODEM mod {SLOT_COUNT} disagrees)"
-            )));
+        match target.shard_of_slot(slot) {
+            Some(placed) if placed == planned_shard => shard = placed,
+            placed => {
+                return Err(SetupError(format!(
+                    "signup of '{username}': the server put it on slot {slot} ({}), this tool's \
+                     slot function said shard {planned_shard} (CRC-16/XMODEM mod {SLOT_COUNT} disagrees)",
+                    placed.map_or("another node's".to_string(), |placed| format!("shard {placed}"))
+                )))
+            }
         }
     }
     if plan.deposit > 0 {
@@ -471,7 +482,7 @@ mod tests {
             let on_shard: Vec<_> = names.iter().filter(|(_, s)| *s == shard).collect();
             assert_eq!(on_shard.len(), 4);
             for (name, s) in on_shard {
-                assert_eq!(target.shard_of_slot(slot_of_username(name)), *s);
+                assert_eq!(target.shard_of_slot(slot_of_username(name)), Some(*s));
             }
         }
         let one = Target {
@@ -498,6 +509,22 @@ mod tests {
         };
         gap.ranges[1].first_slot = 8193;
         assert!(validate_map(&gap).is_err());
+        // One node of several: its shards tile a part of the slots.
+        let mut part = ClusterMap {
+            shards: 1,
+            slots: 16384,
+            ranges: vec![two_shards().ranges[1].clone()],
+        };
+        assert!(validate_map(&part).is_ok());
+        let node = Target {
+            shards: 1,
+            ranges: part.ranges.clone(),
+            ..two_shards()
+        };
+        assert_eq!(node.shard_of_slot(8192), Some(1));
+        assert_eq!(node.shard_of_slot(8191), None);
+        part.ranges[0].last_slot = 16384;
+        assert!(validate_map(&part).is_err());
         let short = ClusterMap {
             shards: 3,
             slots: 16384,
