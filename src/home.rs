@@ -1693,13 +1693,55 @@ mod wire_tests {
         replies
     }
 
-    fn round_trip<T: Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
+    /// Through JSON and through the nodes' wire encoding (bincode): both must give the value back.
+    fn round_trip<T: Serialize + serde::de::DeserializeOwned + std::fmt::Debug>(value: &T) -> T {
+        let wire = crate::net::peer::encode(value).expect("encodes");
+        let back: T = crate::net::peer::decode(&wire).unwrap_or_else(|e| panic!("{e}: {value:?}"));
+        assert_eq!(format!("{back:?}"), format!("{value:?}"));
+        for cut in 0..wire.len() {
+            assert!(
+                crate::net::peer::decode::<T>(&wire[..cut]).is_err(),
+                "{value:?} cut at {cut}"
+            );
+        }
         let bytes = serde_json::to_vec(value).expect("serializes");
         serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes)))
     }
 
     fn distinct(names: impl Iterator<Item = &'static str>) -> usize {
         names.collect::<std::collections::BTreeSet<_>>().len()
+    }
+
+    #[test]
+    fn wire_garbage_and_huge_length_claims_are_errors() {
+        use crate::net::peer::decode;
+        // A command variant whose first byte string claims 2^60 bytes: refused by the bound,
+        // without allocating.
+        let mut huge = crate::net::peer::encode(&UserCommand::IdempotencyComplete {
+            scope: Scope::Admin,
+            key: "k".into(),
+            status: 201,
+            body: Vec::new(),
+        })
+        .unwrap();
+        huge.pop();
+        huge.push(0xfd);
+        huge.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode::<UserCommand>(&huge).is_err());
+        // Pseudo-random bytes never panic.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for length in 0..2000usize {
+            let bytes: Vec<u8> = (0..length % 97)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            let _ = decode::<UserCommand>(&bytes);
+            let _ = decode::<UserReply>(&bytes);
+        }
     }
 
     #[test]
