@@ -173,6 +173,8 @@ pub struct ShardMetrics {
     pub mesh_backpressure: Box<[Cell<u64>]>,
     /// The ScyllaDB store's counters.
     pub db: DbMetrics,
+    /// Commands other nodes sent this shard (several nodes).
+    pub node_commands_served: Cell<u64>,
 }
 
 impl ShardMetrics {
@@ -198,6 +200,7 @@ impl ShardMetrics {
             mesh_received: cells(shards),
             mesh_backpressure: cells(shards),
             db: DbMetrics::new(),
+            node_commands_served: Cell::new(0),
         }
     }
 
@@ -262,6 +265,8 @@ impl ShardMetrics {
             queue_delay_seconds: 0.0,
             shed_share: 0.0,
             db: None,
+            nodes: Vec::new(),
+            node_commands_served: self.node_commands_served.get(),
         }
     }
 }
@@ -337,12 +342,19 @@ pub struct Snapshot {
     pub shed_share: f64,
     /// The ScyllaDB store's counters, with that store.
     pub db: Option<DbSnapshot>,
+    /// Per other node (several nodes): its slots, commands this shard sent it, and those that
+    /// got no reply.
+    pub nodes: Vec<(String, u64, u64)>,
+    /// Commands other nodes sent this shard.
+    pub node_commands_served: u64,
 }
 
 /// Reads one per-shard value from a snapshot.
 type Gauge = fn(&Snapshot) -> u64;
 /// Reads one per-shard fractional value from a snapshot.
 type Fraction = fn(&Snapshot) -> f64;
+/// Reads one count of another node's entry (slots, sent, failed).
+type NodeValue = fn(&(String, u64, u64)) -> u64;
 /// Reads one per-shard value of the database's counters.
 type DbValue = fn(&DbSnapshot) -> u64;
 /// Reads per-peer values from a snapshot.
@@ -535,7 +547,54 @@ pub fn render(snapshots: &[Snapshot]) -> String {
         }
     }
     render_db(&mut out, snapshots);
+    render_nodes(&mut out, snapshots);
     out
+}
+
+/// Renders the commands exchanged with other nodes, when there are any.
+fn render_nodes(out: &mut String, snapshots: &[Snapshot]) {
+    if snapshots.iter().all(|snapshot| snapshot.nodes.is_empty()) {
+        return;
+    }
+    let per_node: [(&str, &str, NodeValue); 2] = [
+        (
+            "shardpay_node_commands_sent_total",
+            "Commands sent to the node serving `slots`, for requests of its users.",
+            |node| node.1,
+        ),
+        (
+            "shardpay_node_command_failures_total",
+            "Commands sent to the node serving `slots` that got no reply (unreachable, refused, timed out, or not stored there): each answered 503.",
+            |node| node.2,
+        ),
+    ];
+    for (name, help, value) in per_node {
+        header(out, name, "counter", help);
+        for snapshot in snapshots {
+            for node in &snapshot.nodes {
+                let _ = writeln!(
+                    out,
+                    "{name}{{shard=\"{}\",slots=\"{}\"}} {}",
+                    snapshot.shard,
+                    node.0,
+                    value(node)
+                );
+            }
+        }
+    }
+    header(
+        out,
+        "shardpay_node_commands_served_total",
+        "counter",
+        "Commands other nodes sent this shard for requests of its users.",
+    );
+    for snapshot in snapshots {
+        let _ = writeln!(
+            out,
+            "shardpay_node_commands_served_total{{shard=\"{}\"}} {}",
+            snapshot.shard, snapshot.node_commands_served
+        );
+    }
 }
 
 /// Renders one histogram series per shard.
@@ -678,7 +737,12 @@ mod tests {
         let metrics = ShardMetrics::new(0, 2, &["/a"]);
         let mut snapshot = metrics.snapshot(0);
         snapshot.db = Some(metrics.db.snapshot(0));
+        snapshot.nodes = vec![("8192-16383".to_string(), 3, 1)];
         let text = render(&[snapshot]);
+        assert!(
+            text.contains("shardpay_node_command_failures_total{shard=\"0\",slots=\"8192-16383\"} 1\n"),
+            "{text}"
+        );
         let reference = include_str!("../docs/API.md");
         let names: Vec<&str> = text
             .lines()

@@ -264,6 +264,21 @@ fn two_nodes_serve_half_the_slots_each_and_carry_each_others_users() {
     assert_eq!(balance(beta.port, &payer_token), 10_000 - 500);
     assert_eq!(balance(alpha.port, &payee_token), 500);
 
+    // /metrics shows the commands each node carried to the other and served for it.
+    let metric = |port, name: &str| -> u64 {
+        get(port, "/metrics")
+            .text()
+            .lines()
+            .filter(|line| line.split(['{', ' ']).next() == Some(name))
+            .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert!(metric(beta.port, "shardpay_node_commands_sent_total") >= 3);
+    assert!(metric(alpha.port, "shardpay_node_commands_served_total") >= 3);
+    assert!(metric(alpha.port, "shardpay_node_commands_sent_total") >= 3);
+    assert!(metric(beta.port, "shardpay_node_commands_served_total") >= 3);
+    assert_eq!(metric(alpha.port, "shardpay_node_command_failures_total"), 0);
+
     // Each node leased its own half.
     let leases = Command::new(common::binary())
         .args(["db", "leases"])
@@ -356,6 +371,7 @@ fn two_nodes_serve_half_the_slots_each_and_carry_each_others_users() {
     );
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert!(refused.text().contains("node"), "{}", refused.text());
+    assert!(metric(alpha.port, "shardpay_node_command_failures_total") >= 1);
     assert_eq!(balance(alpha.port, &payer_token), 10_000 - 500);
     let beta = Server::start(1, &beta_env.pairs());
     let deadline = Instant::now() + Duration::from_secs(30);

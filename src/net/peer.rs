@@ -229,6 +229,9 @@ pub struct PeerClient<R> {
     shards: Cell<usize>,
     /// Whether the last attempt was refused (rather than unreachable).
     refused: Cell<bool>,
+    /// Commands sent, and those that got no reply (any [`PeerError`]).
+    calls: Cell<u64>,
+    failures: Cell<u64>,
 }
 
 impl<R: DeserializeOwned + 'static> PeerClient<R> {
@@ -244,7 +247,14 @@ impl<R: DeserializeOwned + 'static> PeerClient<R> {
             pause_until: Cell::new(None),
             shards: Cell::new(0),
             refused: Cell::new(false),
+            calls: Cell::new(0),
+            failures: Cell::new(0),
         }
+    }
+
+    /// Commands asked of the node so far, and how many of them got no reply.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.calls.get(), self.failures.get())
     }
 
     /// The node's address.
@@ -260,6 +270,20 @@ impl<R: DeserializeOwned + 'static> PeerClient<R> {
     /// Runs `command` on the home shard of `slot` on the node; the node's shard that ran it and
     /// the reply.
     pub async fn call<C: Serialize>(
+        &self,
+        slot: u32,
+        unsynced: bool,
+        command: &C,
+    ) -> Result<(usize, R), PeerError> {
+        self.calls.set(self.calls.get() + 1);
+        let outcome = self.call_once(slot, unsynced, command).await;
+        if outcome.is_err() {
+            self.failures.set(self.failures.get() + 1);
+        }
+        outcome
+    }
+
+    async fn call_once<C: Serialize>(
         &self,
         slot: u32,
         unsynced: bool,

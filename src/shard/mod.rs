@@ -331,6 +331,8 @@ impl Shard {
 
     /// Runs a command another node sent for `slot`, which this node must serve.
     async fn serve_node(&self, slot: u32, unsynced: bool, command: UserCommand) -> Outcome<UserReply> {
+        let served = &self.metrics.node_commands_served;
+        served.set(served.get() + 1);
         let Some(home) = Slot::new(slot).and_then(|slot| self.cluster.placement.local_shard(slot)) else {
             return Outcome::Failed(PeerError::NotServed);
         };
@@ -398,6 +400,13 @@ impl Shard {
                     let pending = self.journal.written() - self.journal.durable_seq();
                     snapshot.db = Some(self.metrics.db.snapshot(pending));
                 }
+                snapshot.nodes = (self.cluster.placement.peers().iter())
+                    .zip(&self.peers)
+                    .map(|(peer, client)| {
+                        let (sent, failed) = client.counts();
+                        (peer.slots.to_string(), sent, failed)
+                    })
+                    .collect();
                 Reply::Snapshot(Box::new(snapshot))
             }
             Command::Describe => Reply::Describe(self.info.clone()),
