@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{get, get_with, post, Server};
+use common::{get, get_with, metric_sum, post, usd_balance, Server};
 use serde_json::json;
 use shardpay::slots::Slot;
 
@@ -29,17 +29,7 @@ fn node() -> String {
 fn keyspace() -> String {
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() % 1_000_000_000;
     let keyspace = format!("t_cluster_{}_{stamp}", std::process::id());
-    let migrated = Command::new(common::binary())
-        .args(["db", "migrate"])
-        .env("SHARDPAY_SCYLLA_NODES", node())
-        .env("SHARDPAY_SCYLLA_KEYSPACE", &keyspace)
-        .output()
-        .unwrap();
-    assert!(
-        migrated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
+    common::migrate_keyspace(&node(), &keyspace);
     keyspace
 }
 
@@ -80,17 +70,6 @@ impl NodeEnv {
             .map(|(name, value)| (name.as_str(), value.as_str()))
             .collect()
     }
-}
-
-fn balance(port: u16, token: &str) -> u64 {
-    let response = get_with(port, "/v1/balances", &[&format!("Authorization: Bearer {token}")]);
-    assert_eq!(response.status, 200, "{}", response.text());
-    response.json()["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|entry| entry["currency"] == "USD")
-        .map_or(0, |entry| entry["available"].as_u64().unwrap())
 }
 
 /// `/v1/me` requests a node answered with 200 (over its shards), from its /metrics.
@@ -247,8 +226,8 @@ fn two_nodes_serve_half_the_slots_each_and_carry_each_others_users() {
     assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
     assert_eq!(replayed.text(), paid.text());
     for port in [alpha.port, beta.port] {
-        assert_eq!(balance(port, &payer_token), 10_000 - 700);
-        assert_eq!(balance(port, &payee_token), 700);
+        assert_eq!(usd_balance(port, &payer_token), 10_000 - 700);
+        assert_eq!(usd_balance(port, &payee_token), 700);
     }
     // The payee sees it, and refunds part of it, through the payer's node.
     let payee_auth = format!("Authorization: Bearer {payee_token}");
@@ -261,18 +240,11 @@ fn two_nodes_serve_half_the_slots_each_and_carry_each_others_users() {
         r#"{"amount":200}"#,
     );
     assert_eq!(refunded.status, 201, "{}", refunded.text());
-    assert_eq!(balance(beta.port, &payer_token), 10_000 - 500);
-    assert_eq!(balance(alpha.port, &payee_token), 500);
+    assert_eq!(usd_balance(beta.port, &payer_token), 10_000 - 500);
+    assert_eq!(usd_balance(alpha.port, &payee_token), 500);
 
     // /metrics shows the commands each node carried to the other and served for it.
-    let metric = |port, name: &str| -> u64 {
-        get(port, "/metrics")
-            .text()
-            .lines()
-            .filter(|line| line.split(['{', ' ']).next() == Some(name))
-            .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .sum()
-    };
+    let metric = |port, name: &str| metric_sum(&get(port, "/metrics").text(), name) as u64;
     assert!(metric(beta.port, "shardpay_node_commands_sent_total") >= 3);
     assert!(metric(alpha.port, "shardpay_node_commands_served_total") >= 3);
     assert!(metric(alpha.port, "shardpay_node_commands_sent_total") >= 3);
@@ -372,7 +344,7 @@ fn two_nodes_serve_half_the_slots_each_and_carry_each_others_users() {
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert!(refused.text().contains("node"), "{}", refused.text());
     assert!(metric(alpha.port, "shardpay_node_command_failures_total") >= 1);
-    assert_eq!(balance(alpha.port, &payer_token), 10_000 - 500);
+    assert_eq!(usd_balance(alpha.port, &payer_token), 10_000 - 500);
     let beta = Server::start(1, &beta_env.pairs());
     let deadline = Instant::now() + Duration::from_secs(30);
     let retried = loop {
@@ -388,8 +360,8 @@ fn two_nodes_serve_half_the_slots_each_and_carry_each_others_users() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(retried.status, 201, "{}", retried.text());
-    assert_eq!(balance(alpha.port, &payer_token), 10_000 - 800);
-    assert_eq!(balance(beta.port, &payee_token), 800);
+    assert_eq!(usd_balance(alpha.port, &payer_token), 10_000 - 800);
+    assert_eq!(usd_balance(beta.port, &payee_token), 800);
 
     // A third node cannot take a half another node holds: it gives up naming the holder.
     let third = Command::new(common::binary())

@@ -908,17 +908,7 @@ fn kill_9_loop_on_the_scylla_backend_loses_no_acknowledged_payment() {
         .as_millis()
         % 1_000_000_000;
     let keyspace = format!("t_kill9_{}_{stamp}", std::process::id());
-    let migrated = Command::new(common::binary())
-        .args(["db", "migrate"])
-        .env("SHARDPAY_SCYLLA_NODES", &node)
-        .env("SHARDPAY_SCYLLA_KEYSPACE", &keyspace)
-        .output()
-        .unwrap();
-    assert!(
-        migrated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
+    common::migrate_keyspace(&node, &keyspace);
     let backend = [
         ("SHARDPAY_STORAGE_BACKEND", "scylla"),
         ("SHARDPAY_SCYLLA_NODES", node.as_str()),

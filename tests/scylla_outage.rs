@@ -9,10 +9,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{get, get_with, post, Server};
+use common::{get, metric_sum, post, usd_balance, Server};
 use serde_json::json;
 
 const ADMIN: &str = "Authorization: Bearer dev-admin-key-not-for-production";
@@ -34,24 +33,6 @@ impl Drop for Frozen {
     }
 }
 
-/// The sum over shards of a metric's samples named exactly `name`.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|line| line.split(['{', ' ']).next() == Some(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn balance(port: u16, token: &str) -> u64 {
-    let response = get_with(port, "/v1/balances", &[&format!("Authorization: Bearer {token}")]);
-    assert_eq!(response.status, 200, "{}", response.text());
-    response.json()["data"]
-        .as_array()
-        .and_then(|rows| rows.iter().find(|row| row["currency"] == "USD"))
-        .and_then(|row| row["available"].as_u64())
-        .unwrap_or(0)
-}
-
 #[test]
 #[ignore = "freezes the Cassandra node: needs CASSANDRA_NODE and CASSANDRA_PID_FILE (see the module documentation)"]
 fn an_outage_fails_payments_with_503_and_the_server_recovers_when_the_database_does() {
@@ -63,17 +44,7 @@ fn an_outage_fails_payments_with_503_and_the_server_recovers_when_the_database_d
         .parse()
         .expect("a pid");
     let keyspace = format!("t_outage_{}", std::process::id());
-    let migrated = Command::new(common::binary())
-        .args(["db", "migrate"])
-        .env("SHARDPAY_SCYLLA_NODES", &node)
-        .env("SHARDPAY_SCYLLA_KEYSPACE", &keyspace)
-        .output()
-        .unwrap();
-    assert!(
-        migrated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
+    common::migrate_keyspace(&node, &keyspace);
     let server = Server::start(
         1,
         &[
@@ -150,28 +121,35 @@ fn an_outage_fails_payments_with_503_and_the_server_recovers_when_the_database_d
     let again = post(port, "/v1/payments", &headers, &payment);
     assert_eq!(again.status, 201);
     assert_eq!(again.json()["id"], retried.json()["id"]);
-    assert_eq!(balance(port, &tokens[0]), 10_000 - 700);
-    assert_eq!(balance(port, &tokens[1]), 700);
+    assert_eq!(usd_balance(port, &tokens[0]), 10_000 - 700);
+    assert_eq!(usd_balance(port, &tokens[1]), 700);
     // /metrics tells the operator what happened: batches written, answers that timed out,
     // commands refused for the backlog, and nothing waiting any more.
     let metrics = get(port, "/metrics").text();
-    assert!(metric(&metrics, "shardpay_db_batches_total") >= 1.0, "{metrics}");
     assert!(
-        metric(&metrics, "shardpay_db_rows_written_total") >= 1.0,
+        metric_sum(&metrics, "shardpay_db_batches_total") >= 1.0,
         "{metrics}"
     );
     assert!(
-        metric(&metrics, "shardpay_db_answer_timeouts_total") >= 1.0,
+        metric_sum(&metrics, "shardpay_db_rows_written_total") >= 1.0,
         "{metrics}"
     );
     assert!(
-        metric(&metrics, "shardpay_db_backlog_refusals_total") >= 1.0,
+        metric_sum(&metrics, "shardpay_db_answer_timeouts_total") >= 1.0,
         "{metrics}"
     );
-    assert_eq!(metric(&metrics, "shardpay_db_pending_frames"), 0.0, "{metrics}");
     assert!(
-        metric(&metrics, "shardpay_db_write_duration_seconds_count")
-            >= metric(&metrics, "shardpay_db_batches_total"),
+        metric_sum(&metrics, "shardpay_db_backlog_refusals_total") >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "shardpay_db_pending_frames"),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        metric_sum(&metrics, "shardpay_db_write_duration_seconds_count")
+            >= metric_sum(&metrics, "shardpay_db_batches_total"),
         "{metrics}"
     );
     // A clean stop writes what is left and releases the leases.
@@ -199,5 +177,5 @@ fn an_outage_fails_payments_with_503_and_the_server_recovers_when_the_database_d
     );
     assert_eq!(login.status, 201, "{}", login.text());
     let token = login.json()["access_token"].as_str().unwrap().to_string();
-    assert_eq!(balance(restarted.port, &token), 700);
+    assert_eq!(usd_balance(restarted.port, &token), 700);
 }

@@ -117,17 +117,7 @@ fn scylla_env(env: &[(&str, &str)], data_dir: &std::path::Path) -> Option<Vec<(S
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
     let keyspace = format!("t_api_{hash:016x}");
-    let migrated = Command::new(binary())
-        .args(["db", "migrate"])
-        .env("SHARDPAY_SCYLLA_NODES", &node)
-        .env("SHARDPAY_SCYLLA_KEYSPACE", &keyspace)
-        .output()
-        .expect("run shardpay db migrate");
-    assert!(
-        migrated.status.success(),
-        "shardpay db migrate: {}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
+    migrate_keyspace(&node, &keyspace);
     Some(vec![
         ("SHARDPAY_STORAGE_BACKEND".into(), "scylla".into()),
         ("SHARDPAY_SCYLLA_NODES".into(), node),
@@ -136,6 +126,41 @@ fn scylla_env(env: &[(&str, &str)], data_dir: &std::path::Path) -> Option<Vec<(S
         // enough that a restart after a kill waits little.
         ("SHARDPAY_SCYLLA_LEASE_SECONDS".into(), "10".into()),
     ])
+}
+
+/// Runs `shardpay db migrate` for `keyspace` on the Cassandra node `node` (host:port); a failure
+/// fails the test with the command's stderr.
+pub fn migrate_keyspace(node: &str, keyspace: &str) {
+    let migrated = Command::new(binary())
+        .args(["db", "migrate"])
+        .env("SHARDPAY_SCYLLA_NODES", node)
+        .env("SHARDPAY_SCYLLA_KEYSPACE", keyspace)
+        .output()
+        .expect("run shardpay db migrate");
+    assert!(
+        migrated.status.success(),
+        "shardpay db migrate: {}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+}
+
+/// The sum over shards (and other labels) of the samples of metric `name` in a /metrics text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The USD balance a user's token sees (0 when the user never held USD).
+pub fn usd_balance(port: u16, token: &str) -> u64 {
+    let response = get_with(port, "/v1/balances", &[&format!("Authorization: Bearer {token}")]);
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()["data"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|row| row["currency"] == "USD"))
+        .and_then(|row| row["available"].as_u64())
+        .unwrap_or(0)
 }
 
 /// A new empty directory under the system's temporary directory.
