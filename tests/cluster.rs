@@ -444,3 +444,124 @@ fn a_node_refuses_a_cluster_it_cannot_serve() {
         assert!(text.contains(key), "{env:?}: {text}");
     }
 }
+
+#[test]
+#[ignore = "needs Cassandra: scripts/cassandra.sh start, then CASSANDRA_NODE=127.0.0.1:9042"]
+fn a_node_killed_during_cross_node_payments_loses_no_acknowledged_payment() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let keyspace = keyspace();
+    let (alpha_link, beta_link) = (common::free_port(), common::free_port());
+    let alpha_env = NodeEnv::new(
+        &keyspace,
+        "alpha",
+        "0-8191",
+        &format!("8192-16383=127.0.0.1:{beta_link}"),
+        alpha_link,
+    );
+    let beta_env = NodeEnv::new(
+        &keyspace,
+        "beta",
+        "8192-16383",
+        &format!("0-8191=127.0.0.1:{alpha_link}"),
+        beta_link,
+    );
+    let mut alpha = Server::start(1, &alpha_env.pairs());
+    let beta = Server::start(1, &beta_env.pairs());
+    let payer = username_in("killpayer", 0, 8191);
+    let payee = username_in("killpayee", 8192, 16383);
+    let credentials = |name: &str| json!({"username": name, "password": PASSWORD}).to_string();
+    let mut ids = Vec::new();
+    for name in [&payer, &payee] {
+        let response = post(beta.port, "/v1/users", &[], &credentials(name));
+        assert_eq!(response.status, 201, "{}", response.text());
+        ids.push(response.json()["id"].as_str().unwrap().to_string());
+    }
+    let login = |port, name: &str| {
+        let response = post(port, "/v1/sessions", &[], &credentials(name));
+        assert_eq!(response.status, 201, "{}", response.text());
+        response.json()["access_token"].as_str().unwrap().to_string()
+    };
+    let (payer_token, payee_token) = (login(beta.port, &payer), login(beta.port, &payee));
+    const DEPOSIT: u64 = 1_000_000;
+    let deposit = json!({"user_id": ids[0], "amount": DEPOSIT, "currency": "USD"}).to_string();
+    let funded = post(
+        beta.port,
+        "/v1/deposits",
+        &[ADMIN, "Idempotency-Key: fund"],
+        &deposit,
+    );
+    assert_eq!(funded.status, 201, "{}", funded.text());
+
+    // A client pays the payee through the payee's node (beta) without pause: each payment is
+    // carried to the payer's node (alpha), debited there, and credited back on beta. Alpha is
+    // killed in the middle of it.
+    let amount = |i: u64| 1 + i % 7;
+    let pay = |port: u16, i: u64| {
+        let body = json!({"to": ids[1], "amount": amount(i), "currency": "USD"}).to_string();
+        let auth = format!("Authorization: Bearer {payer_token}");
+        post(
+            port,
+            "/v1/payments",
+            &[&auth, &format!("Idempotency-Key: kill-{i}")],
+            &body,
+        )
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, acknowledged) = std::thread::scope(|scope| {
+        let paying = scope.spawn(|| {
+            let mut acknowledged = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let response = pay(beta.port, i);
+                if response.status == 201 {
+                    acknowledged.push((i, response.json()["id"].as_str().unwrap().to_string()));
+                }
+                i += 1;
+            }
+            (i, acknowledged)
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        alpha.signal(libc::SIGKILL);
+        assert!(alpha.wait_exit(Duration::from_secs(10)).is_some());
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        paying.join().unwrap()
+    });
+    assert!(
+        acknowledged.len() >= 5,
+        "too few payments before the kill: {acknowledged:?}"
+    );
+    assert!(sent > acknowledged.len() as u64, "the kill interrupted nothing");
+
+    // Alpha comes back (after the lease its killed process held runs out), loads its users from
+    // the database, and every payment retried with its key is made once: the acknowledged ones
+    // replay their id, the others are made now.
+    let alpha = Server::start(1, &alpha_env.pairs());
+    let mut ids_by_key = std::collections::HashMap::new();
+    for i in 0..sent {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let response = loop {
+            let response = pay(beta.port, i);
+            if response.status == 201 {
+                break response;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "payment {i} not made: {}",
+                response.text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        ids_by_key.insert(i, response.json()["id"].as_str().unwrap().to_string());
+    }
+    for (i, id) in &acknowledged {
+        assert_eq!(&ids_by_key[i], id, "acknowledged payment {i} changed on retry");
+    }
+    let paid: u64 = (0..sent).map(amount).sum();
+    for port in [alpha.port, beta.port] {
+        assert_eq!(usd_balance(port, &payer_token), DEPOSIT - paid);
+        assert_eq!(usd_balance(port, &payee_token), paid);
+    }
+}

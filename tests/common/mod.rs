@@ -76,6 +76,9 @@ pub struct Server {
     pub tls: Option<TlsListeners>,
     /// The keyspace of a server on the ScyllaDB backend (TEST_STORAGE_BACKEND=scylla).
     keyspace: Option<String>,
+    /// On the ScyllaDB backend (either way): starts take leases, may wait out a killed
+    /// holder's, and load from the database.
+    on_scylla: bool,
 }
 
 /// Which listeners of a test server speak TLS, and a client configuration that trusts them.
@@ -275,6 +278,10 @@ impl Server {
             data_dir,
             owns_data_dir,
             tls,
+            on_scylla: scylla.is_some()
+                || env
+                    .iter()
+                    .any(|(name, value)| *name == "SHARDPAY_STORAGE_BACKEND" && *value == "scylla"),
             keyspace: scylla.as_ref().and_then(|env| {
                 env.iter()
                     .find(|(name, _)| name == "SHARDPAY_SCYLLA_KEYSPACE")
@@ -288,7 +295,7 @@ impl Server {
     fn wait_ready(&mut self) {
         // On the ScyllaDB backend a start also takes the slot leases (256 lightweight
         // transactions) and loads 16384 slots from a test node that other tests keep busy.
-        let limit = if self.keyspace.is_some() { 90 } else { 20 };
+        let limit = if self.on_scylla { 90 } else { 20 };
         let deadline = Instant::now() + Duration::from_secs(limit);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
