@@ -27,8 +27,11 @@ fn node() -> String {
 
 /// A migrated keyspace no other test uses.
 fn keyspace() -> String {
+    // The tests of this file run at once: a counter keeps their keyspaces apart.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() % 1_000_000_000;
-    let keyspace = format!("t_cluster_{}_{stamp}", std::process::id());
+    let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let keyspace = format!("t_cluster_{}_{stamp}_{next}", std::process::id());
     common::migrate_keyspace(&node(), &keyspace);
     keyspace
 }
