@@ -75,6 +75,57 @@ impl NodeEnv {
     }
 }
 
+/// The settings of alpha (slots 0-8191) and beta (8192-16383) on one keyspace, each naming
+/// the other's cluster port.
+struct TwoNodes {
+    alpha_env: NodeEnv,
+    beta_env: NodeEnv,
+    alpha_link: u16,
+    beta_link: u16,
+}
+
+impl TwoNodes {
+    fn new(keyspace: &str) -> TwoNodes {
+        let (alpha_link, beta_link) = (common::free_port(), common::free_port());
+        TwoNodes {
+            alpha_env: NodeEnv::new(
+                keyspace,
+                "alpha",
+                "0-8191",
+                &format!("8192-16383=127.0.0.1:{beta_link}"),
+                alpha_link,
+            ),
+            beta_env: NodeEnv::new(
+                keyspace,
+                "beta",
+                "8192-16383",
+                &format!("0-8191=127.0.0.1:{alpha_link}"),
+                beta_link,
+            ),
+            alpha_link,
+            beta_link,
+        }
+    }
+}
+
+fn credentials(name: &str) -> String {
+    json!({"username": name, "password": PASSWORD}).to_string()
+}
+
+/// Logs `name` in through `port`; the access token.
+fn login(port: u16, name: &str) -> String {
+    let response = post(port, "/v1/sessions", &[], &credentials(name));
+    assert_eq!(response.status, 201, "{}", response.text());
+    response.json()["access_token"].as_str().unwrap().to_string()
+}
+
+/// An admin deposit of `amount` USD to `user_id` through `port`.
+fn fund(port: u16, user_id: &str, amount: u64) {
+    let deposit = json!({"user_id": user_id, "amount": amount, "currency": "USD"}).to_string();
+    let funded = post(port, "/v1/deposits", &[ADMIN, "Idempotency-Key: fund"], &deposit);
+    assert_eq!(funded.status, 201, "{}", funded.text());
+}
+
 /// `/v1/me` requests a node answered with 200 (over its shards), from its /metrics.
 fn served_me(port: u16) -> u64 {
     get(port, "/metrics")
@@ -136,21 +187,12 @@ fn exchange(port: u16, body: &[u8]) -> String {
 #[ignore = "needs Cassandra: scripts/cassandra.sh start, then CASSANDRA_NODE=127.0.0.1:9042"]
 fn two_nodes_serve_half_the_slots_each_and_carry_each_others_users() {
     let keyspace = keyspace();
-    let (alpha_link, beta_link) = (common::free_port(), common::free_port());
-    let alpha_env = NodeEnv::new(
-        &keyspace,
-        "alpha",
-        "0-8191",
-        &format!("8192-16383=127.0.0.1:{beta_link}"),
+    let TwoNodes {
+        alpha_env,
+        beta_env,
         alpha_link,
-    );
-    let beta_env = NodeEnv::new(
-        &keyspace,
-        "beta",
-        "8192-16383",
-        &format!("0-8191=127.0.0.1:{alpha_link}"),
         beta_link,
-    );
+    } = TwoNodes::new(&keyspace);
     let alpha = Server::start(2, &alpha_env.pairs());
     let mut beta = Server::start(1, &beta_env.pairs());
 
@@ -174,7 +216,6 @@ fn two_nodes_serve_half_the_slots_each_and_carry_each_others_users() {
     // Each user signs up and logs in through the node that does NOT serve the user's slot.
     let payer = username_in("payer", 0, 8191);
     let payee = username_in("payee", 8192, 16383);
-    let credentials = |name: &str| json!({"username": name, "password": PASSWORD}).to_string();
     let signed_up = post(beta.port, "/v1/users", &[], &credentials(&payer));
     assert_eq!(signed_up.status, 201, "{}", signed_up.text());
     let payer_id = signed_up.json()["id"].as_str().unwrap().to_string();
@@ -190,24 +231,12 @@ fn two_nodes_serve_half_the_slots_each_and_carry_each_others_users() {
         409,
         "the username is taken on the node that serves it"
     );
-    let login = |port, name: &str| {
-        let response = post(port, "/v1/sessions", &[], &credentials(name));
-        assert_eq!(response.status, 201, "{}", response.text());
-        response.json()["access_token"].as_str().unwrap().to_string()
-    };
     let payer_token = login(beta.port, &payer);
     let payee_token = login(alpha.port, &payee);
 
     // Money crosses nodes: a deposit through the other node, then a payment asked of the
     // payee's node, executed on the payer's, credited on the payee's.
-    let deposit = json!({"user_id": payer_id, "amount": 10_000, "currency": "USD"}).to_string();
-    let funded = post(
-        beta.port,
-        "/v1/deposits",
-        &[ADMIN, "Idempotency-Key: fund"],
-        &deposit,
-    );
-    assert_eq!(funded.status, 201, "{}", funded.text());
+    fund(beta.port, &payer_id, 10_000);
     let payment = json!({"to": payee, "amount": 700, "currency": "USD"}).to_string();
     let auth = format!("Authorization: Bearer {payer_token}");
     let paid = post(
@@ -455,47 +484,22 @@ fn a_node_killed_during_cross_node_payments_loses_no_acknowledged_payment() {
     use std::sync::Arc;
 
     let keyspace = keyspace();
-    let (alpha_link, beta_link) = (common::free_port(), common::free_port());
-    let alpha_env = NodeEnv::new(
-        &keyspace,
-        "alpha",
-        "0-8191",
-        &format!("8192-16383=127.0.0.1:{beta_link}"),
-        alpha_link,
-    );
-    let beta_env = NodeEnv::new(
-        &keyspace,
-        "beta",
-        "8192-16383",
-        &format!("0-8191=127.0.0.1:{alpha_link}"),
-        beta_link,
-    );
+    let TwoNodes {
+        alpha_env, beta_env, ..
+    } = TwoNodes::new(&keyspace);
     let mut alpha = Server::start(1, &alpha_env.pairs());
     let beta = Server::start(1, &beta_env.pairs());
     let payer = username_in("killpayer", 0, 8191);
     let payee = username_in("killpayee", 8192, 16383);
-    let credentials = |name: &str| json!({"username": name, "password": PASSWORD}).to_string();
     let mut ids = Vec::new();
     for name in [&payer, &payee] {
         let response = post(beta.port, "/v1/users", &[], &credentials(name));
         assert_eq!(response.status, 201, "{}", response.text());
         ids.push(response.json()["id"].as_str().unwrap().to_string());
     }
-    let login = |port, name: &str| {
-        let response = post(port, "/v1/sessions", &[], &credentials(name));
-        assert_eq!(response.status, 201, "{}", response.text());
-        response.json()["access_token"].as_str().unwrap().to_string()
-    };
     let (payer_token, payee_token) = (login(beta.port, &payer), login(beta.port, &payee));
     const DEPOSIT: u64 = 1_000_000;
-    let deposit = json!({"user_id": ids[0], "amount": DEPOSIT, "currency": "USD"}).to_string();
-    let funded = post(
-        beta.port,
-        "/v1/deposits",
-        &[ADMIN, "Idempotency-Key: fund"],
-        &deposit,
-    );
-    assert_eq!(funded.status, 201, "{}", funded.text());
+    fund(beta.port, &ids[0], DEPOSIT);
 
     // A client pays the payee through the payee's node (beta) without pause: each payment is
     // carried to the payer's node (alpha), debited there, and credited back on beta. Alpha is
