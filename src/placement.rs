@@ -251,7 +251,11 @@ mod tests {
             let placement = Placement::single(shards);
             for shard in 0..shards {
                 let range = placement.shard_slots(shard);
-                assert_eq!((range.first, range.last), slot_range(shard, shards));
+                // ⌊i·16384/N⌋ to ⌊(i+1)·16384/N⌋ − 1, as docs/API.md states.
+                let first = (shard * 16384 / shards) as u32;
+                let last = ((shard + 1) * 16384 / shards) as u32 - 1;
+                assert_eq!((range.first, range.last), (first, last));
+                assert_eq!(slot_range(shard, shards), (first, last));
             }
             for number in [0, 1, 4095, 4096, 8191, 8192, 16383] {
                 let slot = Slot::new(number).unwrap();

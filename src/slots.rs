@@ -41,20 +41,17 @@ impl Slot {
         Slot((crc16_xmodem(key) as u32 % SLOT_COUNT) as u16)
     }
 
-    /// The shard (of `shards`) that owns this slot.
+    /// The shard (of `shards`) that owns this slot when one node serves every slot.
     pub fn shard(self, shards: usize) -> usize {
-        // The inverse of `slot_range`: the last shard whose first slot is at most this slot.
-        let shards = shards as u64;
-        (((u64::from(self.0) + 1) * shards - 1) / u64::from(SLOT_COUNT)) as usize
+        crate::placement::SlotRange::ALL.part_of(self.number(), shards)
     }
 }
 
-/// The first and last slot (inclusive) owned by `shard` of `shards`.
+/// The first and last slot (inclusive) owned by `shard` of `shards` when one node serves every
+/// slot.
 pub fn slot_range(shard: usize, shards: usize) -> (u32, u32) {
-    let shards = shards as u64;
-    let first = (shard as u64 * u64::from(SLOT_COUNT)) / shards;
-    let next = ((shard as u64 + 1) * u64::from(SLOT_COUNT)) / shards;
-    (first as u32, next as u32 - 1)
+    let range = crate::placement::SlotRange::ALL.part(shard, shards);
+    (range.first, range.last)
 }
 
 /// A user id: `usr_` + the slot as 4 hex digits + 80 random bits as 20 hex digits.

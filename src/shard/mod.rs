@@ -139,6 +139,17 @@ pub enum Command {
     Unsynced(UserCommand),
 }
 
+impl Command {
+    /// A user-scoped command, [`Command::Unsynced`] if `unsynced`.
+    fn user(unsynced: bool, command: UserCommand) -> Command {
+        if unsynced {
+            Command::Unsynced(command)
+        } else {
+            Command::User(command)
+        }
+    }
+}
+
 /// The answer to a [`Command`].
 #[derive(Debug)]
 pub enum Reply {
@@ -306,12 +317,7 @@ impl Shard {
     ) -> Result<UserReply, MeshError> {
         match self.cluster.placement.home(slot) {
             placement::Home::Shard(home) => {
-                let command = if unsynced {
-                    Command::Unsynced(command)
-                } else {
-                    Command::User(command)
-                };
-                match self.invoke_on(home, command).await? {
+                match self.invoke_on(home, Command::user(unsynced, command)).await? {
                     Reply::User(reply) => Ok(reply),
                     _ => unreachable!("a user command is answered with a user reply"),
                 }
@@ -336,12 +342,7 @@ impl Shard {
         let Some(home) = Slot::new(slot).and_then(|slot| self.cluster.placement.local_shard(slot)) else {
             return Outcome::Failed(PeerError::NotServed);
         };
-        let command = if unsynced {
-            Command::Unsynced(command)
-        } else {
-            Command::User(command)
-        };
-        match self.invoke_on(home, command).await {
+        match self.invoke_on(home, Command::user(unsynced, command)).await {
             Ok(Reply::User(reply)) => Outcome::Reply { shard: home, reply },
             Ok(_) => Outcome::Failed(PeerError::ShardUnavailable),
             Err(MeshError::StorageFailed(_)) => Outcome::Failed(PeerError::StorageFailed),
