@@ -67,10 +67,10 @@ cleanup() {
 trap cleanup EXIT
 
 if [ "$build" = 1 ]; then
-  cargo build --release --bin shardpay
-  if wanted overload; then
-    cargo build --release -p shardpay-bench
-  fi
+  # One build of both packages: built apart, every dependency would be compiled twice.
+  packages=(-p shardpay)
+  if wanted overload; then packages+=(-p shardpay-bench); fi
+  cargo build --release "${packages[@]}"
 fi
 binary=target/release/shardpay
 
@@ -80,7 +80,7 @@ if wanted kill9; then
   seed=$(( (RANDOM << 15) | RANDOM ))
   started=$(date +%s)
   if RELIABILITY_KILL_CYCLES=$cycles RELIABILITY_SEED=$seed timeout 900 \
-      cargo test --test durability kill_9_loop_loses_no_acknowledged_payment -- --exact \
+      cargo test --workspace --test durability kill_9_loop_loses_no_acknowledged_payment -- --exact \
       >"$work/kill9.log" 2>&1; then
     record kill9 PASS "$cycles cycles, seed $seed, $(( $(date +%s) - started )) s"
   else

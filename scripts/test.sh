@@ -30,6 +30,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
+# Every cargo test below names --workspace: the same package set keeps the same dependency
+# features, so the later runs reuse this build instead of compiling every dependency again.
 set +e
 cargo test --workspace 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
@@ -48,13 +50,13 @@ if [ -z "${CASSANDRA_NODE:-}" ]; then
 fi
 if [ -n "${CASSANDRA_NODE:-}" ]; then
   set +e
-  cargo test --test scylla --test cluster --test durability -- --ignored 2>&1 | tee -a "$log"
+  cargo test --workspace --test scylla --test cluster --test durability -- --ignored 2>&1 | tee -a "$log"
   scylla_status=${PIPESTATUS[0]}
   set -e
   [ "$scylla_status" = 0 ] || status=$scylla_status
   echo "== the API contract tests again, on the ScyllaDB backend (TEST_STORAGE_BACKEND=scylla)"
   set +e
-  TEST_STORAGE_BACKEND=scylla cargo test --no-fail-fast --test auth --test money --test payments \
+  TEST_STORAGE_BACKEND=scylla cargo test --workspace --no-fail-fast --test auth --test money --test payments \
     -- --test-threads 2 2>&1 | tee -a "$log"
   contract_status=${PIPESTATUS[0]}
   set -e
@@ -69,7 +71,7 @@ if [ -n "${CASSANDRA_NODE:-}" ]; then
   if [ -n "${CASSANDRA_PID_FILE:-}" ]; then
     echo "== cargo test --test scylla_outage -- --ignored (freezes the Cassandra node)"
     set +e
-    cargo test --test scylla_outage -- --ignored 2>&1 | tee -a "$log"
+    cargo test --workspace --test scylla_outage -- --ignored 2>&1 | tee -a "$log"
     outage_status=${PIPESTATUS[0]}
     set -e
     [ "$outage_status" = 0 ] || status=$outage_status
