@@ -62,6 +62,10 @@ pub struct ServerConfig {
     pub io_memory_bytes: usize,
     /// Threads per shard for work that must not run on the executor (password hashing), not pinned.
     pub blocking_threads: usize,
+    /// How long an idle shard keeps polling for work before it sleeps, in microseconds (0: it
+    /// sleeps at once). Polling costs the CPU it spins on; it saves the wake-up of a sleeping
+    /// shard, which is slow where another thread runs on the shard's core (see PERFORMANCE.md).
+    pub spin_before_park_us: u64,
 }
 
 /// `[limits]`: size limits on what a client may send.
@@ -662,6 +666,7 @@ impl Default for ServerConfig {
             drain_timeout_ms: 10_000,
             io_memory_bytes: 1 << 20,
             blocking_threads: 2,
+            spin_before_park_us: 0,
         }
     }
 }
@@ -904,6 +909,9 @@ impl Config {
         }
         if server.blocking_threads == 0 || server.blocking_threads > 64 {
             return Err(error("server.blocking_threads", "must be from 1 to 64"));
+        }
+        if server.spin_before_park_us > 10_000 {
+            return Err(error("server.spin_before_park_us", "must be from 0 to 10000"));
         }
         if server.io_memory_bytes < 64 * 1024 {
             return Err(error("server.io_memory_bytes", "must be at least 65536"));
@@ -1297,6 +1305,20 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.key, "limits.header_count_max");
+        let err = Config::load(
+            None,
+            env(&[("SHARDPAY_SERVER_SPIN_BEFORE_PARK_US", "10001")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "server.spin_before_park_us");
+        let spinning = Config::load(
+            None,
+            env(&[("SHARDPAY_SERVER_SPIN_BEFORE_PARK_US", "10000")]),
+            &Overrides::default(),
+        )
+        .expect("the upper bound is allowed");
+        assert_eq!(spinning.server.spin_before_park_us, 10_000);
     }
 
     #[test]

@@ -336,3 +336,38 @@ fn a_refused_payment_did_nothing_and_its_key_is_still_free() {
     assert_eq!(available(port, &payer), DEPOSIT - paid);
     assert_eq!(available(port, &payee), paid);
 }
+
+#[test]
+fn shards_that_poll_before_sleeping_serve_logins_and_payments() {
+    // `server.spin_before_park_us`: an idle shard polls for work instead of sleeping at once.
+    // Password hashing (blocking threads), payments and the mesh between two shards still work.
+    let server = Server::start(
+        2,
+        &[
+            ("SHARDPAY_SERVER_SPIN_BEFORE_PARK_US", "200"),
+            ("SHARDPAY_AUTH_PASSWORD_MEMORY_KIB", "64"),
+            ("SHARDPAY_AUTH_PASSWORD_ITERATIONS", "1"),
+        ],
+    );
+    let port = server.port;
+    let (payer_id, payer) = user(port, "spinning-payer");
+    let (_, payee) = user(port, "spinning-payee");
+    let deposit = json!({"user_id": payer_id, "amount": 100, "currency": "USD"});
+    let response = post(
+        port,
+        "/v1/deposits",
+        &[ADMIN, "Idempotency-Key: spin-deposit"],
+        &deposit.to_string(),
+    );
+    assert_eq!(response.status, 201, "{}", response.text());
+    let body = json!({"to": "spinning-payee", "amount": 40, "currency": "USD"}).to_string();
+    let auth = format!("Authorization: Bearer {payer}");
+    let response = post(port, "/v1/payments", &[&auth, "Idempotency-Key: spin-pay"], &body);
+    assert_eq!(response.status, 201, "{}", response.text());
+    assert_eq!(available(port, &payer), 60);
+    assert_eq!(available(port, &payee), 40);
+    // Every shard answers on its own port too.
+    for shard in 0..2 {
+        assert_eq!(get(server.shard_port(shard), "/readyz").status, 200);
+    }
+}

@@ -617,7 +617,7 @@ impl Launch {
             let start = start.clone();
             let layout = layout.clone();
             let scylla = scylla.clone();
-            let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{shard}"))
                 .io_memory(config.server.io_memory_bytes)
                 // glommio's preemption timer stays at its default (100 ms): at 1 ms, a shard of
@@ -626,6 +626,9 @@ impl Launch {
                 // Not pinned to the shard's CPU (glommio's default): offloaded work such as
                 // password hashing must not time-slice with the executor on its own core.
                 .blocking_thread_pool_placement(PoolPlacement::Unbound(config.server.blocking_threads));
+            if config.server.spin_before_park_us > 0 {
+                builder = builder.spin_before_park(Duration::from_micros(config.server.spin_before_park_us));
+            }
             let spawned = builder.spawn(move || async move {
                 let cluster = shard_cluster;
                 let slots = cluster.placement.shard_slots(shard);
