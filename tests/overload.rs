@@ -246,6 +246,14 @@ fn user(port: u16, name: &str) -> (String, String) {
     (id, login.json()["access_token"].as_str().unwrap().to_string())
 }
 
+/// An admin deposit of `amount` USD to `user_id`.
+fn fund(port: u16, user_id: &str, amount: u64) {
+    let deposit = json!({"user_id": user_id, "amount": amount, "currency": "USD"}).to_string();
+    let key = format!("Idempotency-Key: deposit-{user_id}");
+    let response = post_admitted(port, "/v1/deposits", &[ADMIN, &key], &deposit);
+    assert_eq!(response.status, 201, "{}", response.text());
+}
+
 fn available(port: u16, token: &str) -> u64 {
     let deadline = Instant::now() + PATIENCE;
     let response = loop {
@@ -272,14 +280,7 @@ fn a_refused_payment_did_nothing_and_its_key_is_still_free() {
     let port = server.port;
     let (payer_id, payer) = user(port, "overload-payer");
     let (_, payee) = user(port, "overload-payee");
-    let deposit = json!({"user_id": payer_id, "amount": DEPOSIT, "currency": "USD"});
-    let response = post_admitted(
-        port,
-        "/v1/deposits",
-        &[ADMIN, "Idempotency-Key: overload-deposit"],
-        &deposit.to_string(),
-    );
-    assert_eq!(response.status, 201, "{}", response.text());
+    fund(port, &payer_id, DEPOSIT);
     // Pipelined payments of 1 each (with the load beside them) until some are refused.
     let load = load(port);
     let body = json!({"to": "overload-payee", "amount": 1, "currency": "USD"}).to_string();
@@ -352,14 +353,7 @@ fn shards_that_poll_before_sleeping_serve_logins_and_payments() {
     let port = server.port;
     let (payer_id, payer) = user(port, "spinning-payer");
     let (_, payee) = user(port, "spinning-payee");
-    let deposit = json!({"user_id": payer_id, "amount": 100, "currency": "USD"});
-    let response = post(
-        port,
-        "/v1/deposits",
-        &[ADMIN, "Idempotency-Key: spin-deposit"],
-        &deposit.to_string(),
-    );
-    assert_eq!(response.status, 201, "{}", response.text());
+    fund(port, &payer_id, 100);
     let body = json!({"to": "spinning-payee", "amount": 40, "currency": "USD"}).to_string();
     let auth = format!("Authorization: Bearer {payer}");
     let response = post(port, "/v1/payments", &[&auth, "Idempotency-Key: spin-pay"], &body);
