@@ -1206,8 +1206,7 @@ mod tests {
 
     #[test]
     fn scylla_settings_are_checked() {
-        let load = |pairs: &[(&str, &str)]| Config::load(None, env(pairs), &Overrides::default());
-        let config = load(&[
+        let config = load_env(&[
             ("SHARDPAY_SCYLLA_NODES", "10.0.0.1:9042, db2:19042"),
             ("SHARDPAY_SCYLLA_REPLICATION", "dc1:3,dc2:2"),
         ])
@@ -1236,9 +1235,14 @@ mod tests {
             ("SHARDPAY_SCYLLA_LEASE_SECONDS", "1", "scylla.lease_seconds"),
             ("SHARDPAY_SCYLLA_QUEUE_DEPTH", "0", "scylla.queue_depth"),
         ] {
-            let err = load(&[(name, value)]).unwrap_err();
+            let err = load_env(&[(name, value)]).unwrap_err();
             assert_eq!(err.key, key, "{name}={value}: {err}");
         }
+    }
+
+    /// The configuration from built-in defaults and `pairs` as the environment.
+    fn load_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load(None, env(pairs), &Overrides::default())
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -1250,7 +1254,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let config = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        let config = load_env(&[]).unwrap();
         assert_eq!(config, Config::default());
     }
 
@@ -1283,14 +1287,9 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let err = Config::load(
-            None,
-            env(&[("SHARDPAY_LIMITS_BODY_BYTES_MAX", "lots")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err = load_env(&[("SHARDPAY_LIMITS_BODY_BYTES_MAX", "lots")]).unwrap_err();
         assert_eq!(err.key, "limits.body_bytes_max");
-        let err = Config::load(None, env(&[("SHARDPAY_NOPE", "1")]), &Overrides::default()).unwrap_err();
+        let err = load_env(&[("SHARDPAY_NOPE", "1")]).unwrap_err();
         assert_eq!(err.key, "SHARDPAY_NOPE");
         let overrides = Overrides {
             listen: Some("nowhere".into()),
@@ -1298,75 +1297,37 @@ mod tests {
         };
         let err = Config::load(None, env(&[]), &overrides).unwrap_err();
         assert_eq!(err.key, "server.listen");
-        let err = Config::load(
-            None,
-            env(&[("SHARDPAY_LIMITS_HEADER_COUNT_MAX", "0")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err = load_env(&[("SHARDPAY_LIMITS_HEADER_COUNT_MAX", "0")]).unwrap_err();
         assert_eq!(err.key, "limits.header_count_max");
-        let err = Config::load(
-            None,
-            env(&[("SHARDPAY_SERVER_SPIN_BEFORE_PARK_US", "10001")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err = load_env(&[("SHARDPAY_SERVER_SPIN_BEFORE_PARK_US", "10001")]).unwrap_err();
         assert_eq!(err.key, "server.spin_before_park_us");
-        let spinning = Config::load(
-            None,
-            env(&[("SHARDPAY_SERVER_SPIN_BEFORE_PARK_US", "10000")]),
-            &Overrides::default(),
-        )
-        .expect("the upper bound is allowed");
+        let spinning = load_env(&[("SHARDPAY_SERVER_SPIN_BEFORE_PARK_US", "10000")])
+            .expect("the upper bound is allowed");
         assert_eq!(spinning.server.spin_before_park_us, 10_000);
     }
 
     #[test]
     fn the_development_key_is_refused_when_dev_keys_are_not_allowed() {
-        let err = Config::load(
-            None,
-            env(&[("SHARDPAY_AUTH_DEV_KEYS_ALLOWED", "false")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err = load_env(&[("SHARDPAY_AUTH_DEV_KEYS_ALLOWED", "false")]).unwrap_err();
         assert_eq!(err.key, "auth.jwt_keys");
         let own_key = "own:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0";
-        let config = Config::load(
-            None,
-            env(&[
-                ("SHARDPAY_AUTH_DEV_KEYS_ALLOWED", "false"),
-                ("SHARDPAY_AUTH_JWT_KEYS", own_key),
-                ("SHARDPAY_AUTH_JWT_SIGNING_KID", "own"),
-                ("SHARDPAY_MONEY_ADMIN_API_KEY", "an-admin-key-of-my-own"),
-            ]),
-            &Overrides::default(),
-        )
+        let config = load_env(&[
+            ("SHARDPAY_AUTH_DEV_KEYS_ALLOWED", "false"),
+            ("SHARDPAY_AUTH_JWT_KEYS", own_key),
+            ("SHARDPAY_AUTH_JWT_SIGNING_KID", "own"),
+            ("SHARDPAY_MONEY_ADMIN_API_KEY", "an-admin-key-of-my-own"),
+        ])
         .unwrap();
         assert_eq!(config.auth.key_set().unwrap().signing_kid(), "own");
-        let err = Config::load(
-            None,
-            env(&[("SHARDPAY_AUTH_JWT_KEYS", "dev:short")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err = load_env(&[("SHARDPAY_AUTH_JWT_KEYS", "dev:short")]).unwrap_err();
         assert_eq!(err.key, "auth.jwt_keys");
     }
 
     #[test]
     fn money_settings_are_checked() {
-        let err = Config::load(
-            None,
-            env(&[("SHARDPAY_MONEY_CURRENCIES", "USD,euro")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err = load_env(&[("SHARDPAY_MONEY_CURRENCIES", "USD,euro")]).unwrap_err();
         assert_eq!(err.key, "money.currencies");
-        let err = Config::load(
-            None,
-            env(&[("SHARDPAY_MONEY_ADMIN_API_KEY", "short")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err = load_env(&[("SHARDPAY_MONEY_ADMIN_API_KEY", "short")]).unwrap_err();
         assert_eq!(err.key, "money.admin_api_key");
         let production = [
             ("SHARDPAY_AUTH_DEV_KEYS_ALLOWED", "false"),
@@ -1376,28 +1337,19 @@ mod tests {
             ),
             ("SHARDPAY_AUTH_JWT_SIGNING_KID", "own"),
         ];
-        let err = Config::load(None, env(&production), &Overrides::default()).unwrap_err();
+        let err = load_env(&production).unwrap_err();
         assert_eq!(err.key, "money.admin_api_key");
     }
 
     #[test]
     fn rate_limits_that_cannot_be_enforced_are_refused() {
         // A request rate above one per millisecond cannot be expressed by the limiter.
-        let err = Config::load(
-            None,
-            env(&[("SHARDPAY_AUTH_USER_REQUESTS_PER_SECOND", "5000")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err = load_env(&[("SHARDPAY_AUTH_USER_REQUESTS_PER_SECOND", "5000")]).unwrap_err();
         assert_eq!(err.key, "auth.user_requests_per_second");
-        let err = Config::load(
-            None,
-            env(&[
-                ("SHARDPAY_AUTH_LOGIN_WINDOW_SECONDS", "1"),
-                ("SHARDPAY_AUTH_LOGIN_ATTEMPTS_PER_IP_MAX", "5000"),
-            ]),
-            &Overrides::default(),
-        )
+        let err = load_env(&[
+            ("SHARDPAY_AUTH_LOGIN_WINDOW_SECONDS", "1"),
+            ("SHARDPAY_AUTH_LOGIN_ATTEMPTS_PER_IP_MAX", "5000"),
+        ])
         .unwrap_err();
         assert_eq!(err.key, "auth.login_attempts_per_ip_max");
     }
