@@ -36,7 +36,7 @@ set +e
 cargo test --workspace 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-echo "== cargo test --test scylla --test cluster --test durability -- --ignored (a real Cassandra node)"
+echo "== cargo test --workspace --test scylla --test cluster --test durability -- --ignored (a real Cassandra node)"
 if [ -z "${CASSANDRA_NODE:-}" ]; then
   if wait "$cassandra_pid"; then
     cat "$log.cassandra"
@@ -69,7 +69,7 @@ if [ -n "${CASSANDRA_NODE:-}" ]; then
     export CASSANDRA_PID_FILE="$script_pid_file"
   fi
   if [ -n "${CASSANDRA_PID_FILE:-}" ]; then
-    echo "== cargo test --test scylla_outage -- --ignored (freezes the Cassandra node)"
+    echo "== cargo test --workspace --test scylla_outage -- --ignored (freezes the Cassandra node)"
     set +e
     cargo test --workspace --test scylla_outage -- --ignored 2>&1 | tee -a "$log"
     outage_status=${PIPESTATUS[0]}
