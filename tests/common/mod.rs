@@ -16,25 +16,48 @@ use std::time::{Duration, Instant};
 static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// A loopback port that was free a moment ago and is not handed to another test of this process.
+///
+/// Ports come from below the kernel's ephemeral range (`ip_local_port_range`): a port the
+/// kernel hands out itself (`bind(0)`) is also one it may give any test's outgoing connection
+/// before the server under test binds it, and the server then fails with "Address already in
+/// use" (seen in CI).
 pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let (low, high) = static_port_range();
+    let span = u32::from(high - low);
+    // Start each test process somewhere else in the range, so that concurrent test binaries
+    // rarely probe the same ports.
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = low + (seed.wrapping_add(step) % span) as u16;
         let mut taken = TAKEN.lock().unwrap();
-        if taken.get_or_insert_with(HashSet::new).insert(port) {
+        let taken = taken.get_or_insert_with(HashSet::new);
+        if taken.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.insert(port);
             return port;
         }
     }
+}
+
+/// The ports tests pick from: 20000 up to the start of the ephemeral range (at most 32767).
+fn static_port_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let high = ephemeral_low.clamp(21_000, 32_768);
+    (20_000, high)
 }
 
 /// `count` consecutive free ports.
 pub fn free_port_range(count: usize) -> u16 {
     'search: loop {
         let base = free_port();
-        if usize::from(base) + count > 65000 {
+        if base + count as u16 > static_port_range().1 {
             continue;
         }
         let mut held = Vec::new();
