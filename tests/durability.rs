@@ -1137,6 +1137,126 @@ fn resharding_2_1_2_preserves_balances_and_payments() {
 // ---------------------------------------------------------------------------------------------
 // One process per data directory
 
+/// Every file under `dir` whose name starts with `prefix` and ends with `suffix`.
+fn files_named(dir: &std::path::Path, prefix: &str, suffix: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path.is_dir() {
+            found.extend(files_named(&path, prefix, suffix));
+        } else if name.starts_with(prefix) && name.ends_with(suffix) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// The process ids of `pid`'s children (zombies included), from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        children.extend(
+            list.split_whitespace()
+                .filter_map(|child| child.parse::<u32>().ok()),
+        );
+    }
+    children
+}
+
+#[test]
+fn snapshots_are_written_by_a_child_process_and_a_restart_starts_from_them() {
+    snapshots_and_restart("fork");
+}
+
+#[test]
+fn snapshots_written_by_the_shard_itself_work_the_same() {
+    snapshots_and_restart("shard");
+}
+
+/// Pays until two snapshots are in place (each written by `writer`), checks that no snapshot
+/// process or temporary file is left, then restarts from the snapshot and finds everything.
+fn snapshots_and_restart(writer: &str) {
+    let dir = DataDir::new(&format!("snapshots-{writer}"));
+    let extra = [
+        ("SHARDPAY_STORAGE_SNAPSHOT_WRITER", writer),
+        ("SHARDPAY_STORAGE_SNAPSHOT_BYTES", "1048576"),
+        ("SHARDPAY_STORAGE_SEGMENT_BYTES", "1048576"),
+        ("RUST_LOG", "warn,shardpay::shard=info,shardpay::storage=info"),
+    ];
+    let mut server = start_on(&dir, 1, &extra);
+    let pid = server.child.as_ref().unwrap().id();
+    let alice = sign_up(server.port, "alice");
+    let bob = sign_up(server.port, "bob");
+    deposit(server.port, "fund-alice", &alice, 1_000_000, "USD");
+    let mut checker = Checker::new(server.port);
+    // Pay until two snapshots were taken (one per MiB of log) and written.
+    let written = |server: &Server| server.stderr().matches("snapshot in place").count();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut payments = 0u64;
+    while written(&server) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no two snapshots after {payments} payments: {}",
+            tail(&server.stderr(), 2000)
+        );
+        for _ in 0..100 {
+            paid(&mut checker, &alice, &format!("snap-{payments}"), &bob, 1, "USD");
+            payments += 1;
+        }
+    }
+    let stderr = server.stderr();
+    assert!(
+        stderr.contains(&format!("writer=\"{writer}\"")) && !stderr.contains("cannot fork"),
+        "{}",
+        tail(&stderr, 2000)
+    );
+    // With no more payments no snapshot starts: once the last one is written, no child remains
+    // (each was reaped, none is a zombie), no temporary file is left, and the newest snapshot
+    // replaced the older ones and the segments it covers.
+    let settled = Instant::now() + Duration::from_secs(30);
+    while written(&server) < server.stderr().matches("taking a snapshot").count() {
+        assert!(Instant::now() < settled, "{}", tail(&server.stderr(), 2000));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        children_of(pid),
+        Vec::<u32>::new(),
+        "the snapshot processes were reaped"
+    );
+    let data = std::path::Path::new(dir.path());
+    assert_eq!(files_named(data, "", ".tmp"), Vec::<PathBuf>::new());
+    assert_eq!(files_named(data, "snapshot-", ".snap").len(), 1);
+    // The server goes on serving after its snapshots.
+    paid(&mut checker, &alice, "after-snapshots", &bob, 1, "USD");
+    payments += 1;
+    let before = holdings(&mut checker, &bob);
+    assert_eq!(before["USD"], payments);
+    assert!(stop(&mut server, libc::SIGTERM).success());
+    drop(server);
+
+    // A restart loads the snapshot, replays the log after it, and has everything.
+    let server = start_on(&dir, 1, &extra);
+    let stderr = server.stderr();
+    let recovered = stderr
+        .lines()
+        .find(|line| line.contains("recovered"))
+        .unwrap_or_else(|| panic!("no recovery line: {}", tail(&stderr, 2000)));
+    assert!(!recovered.contains("snapshot_seq=0 "), "{recovered}");
+    let mut checker = Checker::new(server.port);
+    let bob = User {
+        token: log_in(server.port, "bob"),
+        ..bob
+    };
+    assert_eq!(holdings(&mut checker, &bob), before);
+    assert_eq!(list_all(&mut checker, &bob).len() as u64, payments);
+}
+
 #[test]
 fn a_second_server_on_the_same_data_dir_is_refused() {
     let dir = DataDir::new("lock");

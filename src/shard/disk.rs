@@ -1,13 +1,14 @@
 //! The real disk behind the write-ahead log: glommio DMA files (O_DIRECT, through io_uring) for
 //! segments, and the shard's blocking threads for what the standard library does better
-//! (snapshots: write, `fsync`, rename, directory `fsync`). The only glommio file code.
+//! (publishing a snapshot: rename, directory `fsync`; removing files). The only glommio file
+//! code. Snapshot files themselves are written by a child process ([`super::forked`]).
 
 use std::io;
 use std::path::PathBuf;
 
 use glommio::io::{Directory, DmaFile, OpenOptions};
 
-use crate::storage::disk::{sync_dir, write_atomic_std, Disk, SegmentFile, BLOCK};
+use crate::storage::disk::{publish_std, sync_dir, Disk, SegmentFile, BLOCK};
 
 /// One shard's directory on the real disk.
 pub struct DmaDisk {
@@ -67,11 +68,11 @@ impl Disk for DmaDisk {
         })
     }
 
-    async fn write_atomic(&self, name: &str, bytes: Vec<u8>) -> io::Result<()> {
+    async fn publish(&self, name: &str) -> io::Result<()> {
         let dir = self.dir.clone();
         let name = name.to_string();
         glommio::executor()
-            .spawn_blocking(move || write_atomic_std(&dir, &name, &bytes))
+            .spawn_blocking(move || publish_std(&dir, &name))
             .await
     }
 

@@ -7,7 +7,9 @@
 //! crosses threads ([`Command`], [`Reply`]) owns its data. Nothing here knows about HTTP.
 
 pub mod admission;
+mod background;
 pub mod disk;
+mod forked;
 pub mod mesh;
 pub mod offload;
 
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
-use crate::config::{parse_cpu_list, Config, ConfigError, Durability, StorageBackend};
+use crate::config::{parse_cpu_list, Config, ConfigError, Durability, SnapshotWriter, StorageBackend};
 use crate::home::{Home, UserCommand, UserReply};
 use crate::http::date;
 use crate::metrics::{DbMetrics, ShardMetrics, Snapshot};
@@ -34,7 +36,7 @@ use crate::storage::layout::{Layout, LayoutError};
 use crate::storage::recovery;
 use crate::storage::scylla::bridge::Handle as DbHandle;
 use crate::storage::scylla::rows::{self, RowLog, Stamps, Statements, Touched};
-use crate::storage::writer::{Files, Writer, WriterConfig};
+use crate::storage::writer::{Capture, Files, Writer, WriterConfig};
 use crate::storage::Log;
 use mesh::{Answer, Mesh, MeshError};
 
@@ -948,21 +950,53 @@ async fn scylla_writer(shard: Rc<Shard>, db: ScyllaShared, touched: Touched) {
 fn start_writer(shard: &Rc<Shard>, dir: std::path::PathBuf, files: Files, config: &Config) {
     let source = {
         let shard = Rc::downgrade(shard);
+        let dir = dir.clone();
+        let fork = config.storage.snapshot_writer == SnapshotWriter::Fork;
         Box::new(move || match shard.upgrade() {
             Some(shard) => {
                 let seq = shard.journal.written();
-                let started = std::time::Instant::now();
-                let body = shard.home.borrow().encode_state();
+                let id = shard.id();
+                let started = Instant::now();
+                let this = shard.clone();
+                // Runs in the child process, on the state as of this instant (or here, now).
+                let contents = move |out: &mut dyn std::io::Write| {
+                    let body = this.home.borrow().encode_state();
+                    out.write_all(&crate::storage::snapshot::header(seq, &body))?;
+                    out.write_all(&body)
+                };
+                let written = forked::write_temporary(
+                    fork,
+                    format!("shard-{id}-snapshot"),
+                    dir.clone(),
+                    crate::storage::disk::snapshot_name(seq),
+                    contents,
+                );
                 tracing::info!(
-                    shard = shard.id(),
+                    shard = id,
                     seq,
-                    bytes = body.len(),
-                    encode_ms = started.elapsed().as_millis() as u64,
+                    writer = if fork { "fork" } else { "shard" },
+                    // What the shard spent on it: the fork, or all the encoding.
+                    shard_paused_ms = started.elapsed().as_secs_f64() * 1e3,
                     "taking a snapshot"
                 );
-                (seq, body)
+                Capture {
+                    seq,
+                    written: Box::pin(async move {
+                        written.await?;
+                        tracing::info!(
+                            shard = id,
+                            seq,
+                            written_ms = started.elapsed().as_millis() as u64,
+                            "snapshot file written"
+                        );
+                        Ok(())
+                    }),
+                }
             }
-            None => (0, Vec::new()),
+            None => Capture {
+                seq: 0,
+                written: Box::pin(async { Err(std::io::Error::other("the shard stopped")) }),
+            },
         })
     };
     let writer = Writer::new(

@@ -4,7 +4,7 @@
 
 #![allow(async_fn_in_trait)] // Shard-local: the futures never cross threads.
 
-use std::io;
+use std::io::{self, Write};
 
 /// Writes go to disk in whole blocks at block-aligned offsets (O_DIRECT).
 pub const BLOCK: usize = 4096;
@@ -18,9 +18,10 @@ pub trait Disk {
     /// the file and its directory entry durable before returning.
     async fn create(&self, name: &str, size: u64) -> io::Result<Self::File>;
 
-    /// Stores `bytes` as file `name`, atomically and durably: a temporary file, `fsync`, rename,
-    /// `fsync` of the directory. After a crash the file is either absent or complete.
-    async fn write_atomic(&self, name: &str, bytes: Vec<u8>) -> io::Result<()>;
+    /// Renames `name` + [`TEMPORARY_SUFFIX`], already written durably (see
+    /// [`write_temporary_std`]), to `name`, and makes that durable: after a crash `name` is
+    /// either absent or complete.
+    async fn publish(&self, name: &str) -> io::Result<()>;
 
     /// Removes file `name` (a missing file is not an error).
     async fn remove(&self, name: &str) -> io::Result<()>;
@@ -64,19 +65,33 @@ pub fn parse_snapshot_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Suffix of files being written by [`Disk::write_atomic`]; left-overs are removed at start-up.
+/// Suffix of files being written by [`write_temporary_std`]; left-overs are removed at start-up.
 pub const TEMPORARY_SUFFIX: &str = ".tmp";
 
-/// `write_atomic` with the standard library, for the real disk (run on a blocking thread) and
-/// for resharding (before the shards start).
+/// Stores `bytes` as file `name` in `dir`, atomically and durably: [`write_temporary_std`], then
+/// [`publish_std`]. After a crash the file is either absent or complete.
 pub fn write_atomic_std(dir: &std::path::Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
+    write_temporary_std(dir, name, |out| out.write_all(bytes))?;
+    publish_std(dir, name)
+}
+
+/// Writes file `name` + [`TEMPORARY_SUFFIX`] in `dir` (replacing one left over) with what
+/// `write` writes, through a buffer, and `fsync`s it.
+pub fn write_temporary_std(
+    dir: &std::path::Path,
+    name: &str,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let temporary = dir.join(format!("{name}{TEMPORARY_SUFFIX}"));
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temporary, dir.join(name))?;
+    let mut out = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&temporary)?);
+    write(&mut out)?;
+    let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+    file.sync_all()
+}
+
+/// Renames `name` + [`TEMPORARY_SUFFIX`] in `dir` to `name` and `fsync`s the directory.
+pub fn publish_std(dir: &std::path::Path, name: &str) -> io::Result<()> {
+    std::fs::rename(dir.join(format!("{name}{TEMPORARY_SUFFIX}")), dir.join(name))?;
     sync_dir(dir)
 }
 

@@ -16,10 +16,11 @@ use crate::home::{Home, UserCommand, UserReply};
 use crate::payments::idempotency::{Begin, Scope};
 use crate::payments::ledger::{Currency, Payment};
 use crate::slots::{Slot, UserId};
-use crate::storage::disk::{Disk, SegmentFile};
+use crate::storage::disk::{snapshot_name, Disk, SegmentFile, TEMPORARY_SUFFIX};
 use crate::storage::journal::{Journal, JournalLog, Mode};
 use crate::storage::recovery;
-use crate::storage::writer::{Files, Writer, WriterConfig};
+use crate::storage::snapshot;
+use crate::storage::writer::{Capture, Files, Writer, WriterConfig};
 
 const SHARDS: usize = 2;
 const SECTOR: usize = 512;
@@ -91,6 +92,21 @@ impl SimDisk {
             state.crashed = true;
             return Err(crashed());
         }
+        Ok(())
+    }
+
+    /// `write_temporary_std` on this disk: `name` + `TEMPORARY_SUFFIX`, durable once written.
+    async fn write_temporary(&self, name: &str, bytes: Vec<u8>) -> io::Result<()> {
+        self.latency().await;
+        self.op()?;
+        let file = SimFile {
+            durable: bytes,
+            unsynced: Vec::new(),
+        };
+        self.0
+            .borrow_mut()
+            .files
+            .insert(format!("{name}{TEMPORARY_SUFFIX}"), file);
         Ok(())
     }
 
@@ -177,14 +193,15 @@ impl Disk for SimDisk {
         })
     }
 
-    async fn write_atomic(&self, name: &str, bytes: Vec<u8>) -> io::Result<()> {
+    async fn publish(&self, name: &str) -> io::Result<()> {
         self.latency().await;
         self.op()?;
-        let file = SimFile {
-            durable: bytes,
-            unsynced: Vec::new(),
-        };
-        self.0.borrow_mut().files.insert(name.to_string(), file);
+        let mut state = self.0.borrow_mut();
+        let file = state
+            .files
+            .remove(&format!("{name}{TEMPORARY_SUFFIX}"))
+            .ok_or_else(|| io::Error::other(format!("no {name}{TEMPORARY_SUFFIX} to publish")))?;
+        state.files.insert(name.to_string(), file);
         Ok(())
     }
 
@@ -312,9 +329,17 @@ async fn run_seed(seed: u64) -> Result<(), String> {
     {
         for shard in &shards {
             let this = Rc::downgrade(shard);
-            let source = Box::new(move || match this.upgrade() {
-                Some(shard) => (shard.journal.written(), shard.home.borrow().encode_state()),
-                None => (0, Vec::new()),
+            // As the real shard: the state is taken at once, its file written while logging
+            // goes on.
+            let source = Box::new(move || {
+                let shard = this.upgrade().expect("the shard outlives its writer");
+                let seq = shard.journal.written();
+                let file = snapshot::encode(seq, &shard.home.borrow().encode_state());
+                let disk = shard.disk.clone();
+                Capture {
+                    seq,
+                    written: Box::pin(async move { disk.write_temporary(&snapshot_name(seq), file).await }),
+                }
             });
             let writer = Writer::new(
                 shard.disk.clone(),

@@ -12,7 +12,8 @@
 pub const MAGIC: &[u8; 8] = b"SHPYSNAP";
 /// Version of the layout and of the body's encoding.
 pub const VERSION: u32 = 1;
-const HEADER_BYTES: usize = 32;
+/// Bytes before the body.
+pub const HEADER_BYTES: usize = 32;
 
 /// Why a snapshot file cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,13 +32,20 @@ pub enum SnapshotError {
 /// The file holding `body`, the state as of frame `seq`.
 pub fn encode(seq: u64, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[8..28]), body);
-    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&header(seq, body));
     out.extend_from_slice(body);
+    out
+}
+
+/// The bytes that come before `body` in its file (to write the two without joining them).
+pub fn header(seq: u64, body: &[u8]) -> [u8; HEADER_BYTES] {
+    let mut out = [0u8; HEADER_BYTES];
+    out[0..8].copy_from_slice(MAGIC);
+    out[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    out[12..20].copy_from_slice(&seq.to_le_bytes());
+    out[20..28].copy_from_slice(&(body.len() as u64).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[8..28]), body);
+    out[28..32].copy_from_slice(&crc.to_le_bytes());
     out
 }
 

@@ -8,8 +8,10 @@
 //! `segment_bytes`; the next one is named after its first frame.
 //!
 //! Snapshots: once `snapshot_bytes` were logged since the last one, the writer closes the segment
-//! and asks the shard for its state; the snapshot is written (atomically) while batches go on,
-//! and when it is durable the segments it covers are removed. A write or sync error is final:
+//! and asks the shard for its state as of now ([`Capture`]). The shard writes it to a temporary
+//! file while batches go on (the real shard from a forked child process, so that encoding a large
+//! state does not stop it); once that file and the frames it covers are durable, the writer
+//! renames it into place ([`Disk::publish`]) and removes the segments it covers. A write or sync error is final:
 //! the journal fails, nothing more is acknowledged, and [`Writer::run`] returns the error for the
 //! shard to stop the process (recovery starts from what is on disk; a failed sync is never
 //! retried, since the kernel may have dropped the dirty pages).
@@ -21,7 +23,6 @@ use std::rc::Rc;
 
 use super::disk::{segment_name, snapshot_name, Disk, SegmentFile, BLOCK};
 use super::journal::{Batch, Failed, Journal, Mode};
-use super::snapshot;
 
 /// Sizes that steer the writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +33,19 @@ pub struct WriterConfig {
     pub snapshot_bytes: u64,
 }
 
-/// Where the state for a snapshot comes from: the sequence number it is as of, and its bytes.
-pub type StateSource = Box<dyn Fn() -> (u64, Vec<u8>)>;
+/// A snapshot being taken.
+pub struct Capture {
+    /// The sequence number the snapshot is as of: its state has every frame up to this one and
+    /// none after it.
+    pub seq: u64,
+    /// Writes the snapshot file of the state as of `seq` ([`super::snapshot::encode`]) durably as
+    /// [`snapshot_name`]`(seq)` + `TEMPORARY_SUFFIX`, while the writer goes on.
+    pub written: Pin<Box<dyn Future<Output = io::Result<()>>>>,
+}
+
+/// Takes a snapshot of the state as of now. It must take the state at once (frames appended
+/// after the call must not be in it); only the writing may come later.
+pub type StateSource = Box<dyn Fn() -> Capture>;
 
 /// The log files the writer found (from recovery) or wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,36 +200,39 @@ impl<D: Disk + 'static> Writer<D> {
     }
 
     /// Closes the segment (so every older segment holds only frames the snapshot covers) and
-    /// starts writing the state: after its frames are durable, atomically.
+    /// takes the state; its file is published once it and the frames it covers are durable.
     fn start_snapshot(&mut self) -> SnapshotTask {
         self.close_segment();
         self.since_snapshot = 0;
-        let (seq, body) = (self.state)();
+        let Capture { seq, written } = (self.state)();
         let disk = self.disk.clone();
         let journal = self.journal.clone();
         Box::pin(async move {
+            written.await?;
             journal
                 .durable(seq)
                 .await
                 .map_err(|failed| io::Error::other(failed.0))?;
-            disk.write_atomic(&snapshot_name(seq), snapshot::encode(seq, &body))
-                .await?;
+            disk.publish(&snapshot_name(seq)).await?;
             Ok(seq)
         })
     }
 
     /// A snapshot as of `seq` is durable: remove the older snapshots and the segments it covers.
     async fn snapshot_done(&mut self, seq: u64) -> io::Result<()> {
-        tracing::debug!(seq, "snapshot written");
         let open_first = self.segment.as_ref().map(|segment| segment.first);
         // A closed segment is covered when the next segment starts at or before seq + 1.
         let mut starts: Vec<u64> = self.files.segments.clone();
         starts.extend(open_first);
         let mut kept = Vec::new();
+        let mut removed = 0;
         for (i, &first) in self.files.segments.iter().enumerate() {
             let next_first = starts.get(i + 1).copied();
             match next_first {
-                Some(next) if next <= seq + 1 => self.disk.remove(&segment_name(first)).await?,
+                Some(next) if next <= seq + 1 => {
+                    self.disk.remove(&segment_name(first)).await?;
+                    removed += 1;
+                }
                 _ => kept.push(first),
             }
         }
@@ -228,6 +243,11 @@ impl<D: Disk + 'static> Writer<D> {
             }
         }
         self.files.snapshots.push(seq);
+        tracing::info!(
+            seq,
+            segments_removed = removed,
+            "snapshot in place; the older snapshot and the segments it covers are removed"
+        );
         Ok(())
     }
 }
