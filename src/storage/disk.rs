@@ -76,17 +76,53 @@ pub fn write_atomic_std(dir: &std::path::Path, name: &str, bytes: &[u8]) -> io::
 }
 
 /// Writes file `name` + [`TEMPORARY_SUFFIX`] in `dir` (replacing one left over) with what
-/// `write` writes, through a buffer, and `fsync`s it.
+/// `write` writes, and makes it durable.
+///
+/// The file is made durable as it goes: it is written [`SYNC_EVERY_BYTES`] at a time, each
+/// followed by an `fdatasync`, so that the log's own writes to the same disk (which payments
+/// wait for) never queue behind more than that. Written whole and synced once, an 800 MB
+/// snapshot held payments up for 0.5–0.8 s on this machine (`scripts/bench-snapshot.sh`).
 pub fn write_temporary_std(
     dir: &std::path::Path,
     name: &str,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<()> {
     let temporary = dir.join(format!("{name}{TEMPORARY_SUFFIX}"));
-    let mut out = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&temporary)?);
+    let file = SyncEvery {
+        file: std::fs::File::create(&temporary)?,
+        unsynced: 0,
+    };
+    let mut out = io::BufWriter::with_capacity(SYNC_EVERY_BYTES, file);
     write(&mut out)?;
     let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
-    file.sync_all()
+    file.file.sync_all()
+}
+
+/// How much of a file [`write_temporary_std`] writes between two `fdatasync`s.
+pub const SYNC_EVERY_BYTES: usize = 1 << 20;
+
+/// A file written at most [`SYNC_EVERY_BYTES`] at a time, with an `fdatasync` after each.
+struct SyncEvery {
+    file: std::fs::File,
+    unsynced: usize,
+}
+
+impl Write for SyncEvery {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        // No further than the next sync: a large buffer is written a MiB at a time.
+        let room = SYNC_EVERY_BYTES - self.unsynced;
+        let written = self.file.write(&bytes[..bytes.len().min(room)])?;
+        self.unsynced += written;
+        if self.unsynced >= SYNC_EVERY_BYTES {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Renames `name` + [`TEMPORARY_SUFFIX`] in `dir` to `name` and `fsync`s the directory.
@@ -103,6 +139,51 @@ pub fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_write_goes_a_sync_interval_at_a_time() {
+        let path = std::env::temp_dir().join(format!("shardpay-disk-chunks-{}", std::process::id()));
+        let mut file = SyncEvery {
+            file: std::fs::File::create(&path).unwrap(),
+            unsynced: 0,
+        };
+        assert_eq!(
+            file.write(&vec![7; 3 * SYNC_EVERY_BYTES]).unwrap(),
+            SYNC_EVERY_BYTES
+        );
+        assert_eq!(file.unsynced, 0, "synced after a full interval");
+        assert_eq!(file.write(&[7; 100]).unwrap(), 100);
+        assert_eq!(
+            file.write(&vec![7; SYNC_EVERY_BYTES]).unwrap(),
+            SYNC_EVERY_BYTES - 100
+        );
+        assert_eq!(file.unsynced, 0);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn temporary_files_are_written_whole_then_published() {
+        let dir = std::env::temp_dir().join(format!("shardpay-disk-temporary-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes: Vec<u8> = (0..5 * SYNC_EVERY_BYTES + 123).map(|i| (i % 251) as u8).collect();
+        // One large write, as a snapshot's body is.
+        write_temporary_std(&dir, "whole", |out| out.write_all(&bytes)).unwrap();
+        assert!(!dir.join("whole").exists());
+        assert_eq!(
+            std::fs::read(dir.join(format!("whole{TEMPORARY_SUFFIX}"))).unwrap(),
+            bytes
+        );
+        publish_std(&dir, "whole").unwrap();
+        assert_eq!(std::fs::read(dir.join("whole")).unwrap(), bytes);
+        assert!(!dir.join(format!("whole{TEMPORARY_SUFFIX}")).exists());
+        // A file written again replaces the left-over temporary file.
+        write_temporary_std(&dir, "whole", |out| out.write_all(b"short")).unwrap();
+        assert_eq!(
+            std::fs::read(dir.join(format!("whole{TEMPORARY_SUFFIX}"))).unwrap(),
+            b"short"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn names_round_trip_and_sort_by_sequence() {
