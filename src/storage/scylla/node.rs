@@ -94,8 +94,10 @@ impl Node {
         )?;
         // A lease still held may be a crashed process's: wait until it would have expired (as
         // first seen, plus a margin for clock skew), then refuse, naming the holder: a holder
-        // that is alive has renewed it meanwhile.
-        let mut give_up_at_ms: Option<i64> = None;
+        // that is alive has renewed it meanwhile. Per block: a holder renews its blocks one by
+        // one, so a crashed one leaves expiries up to a renewal period apart, and waiting for the
+        // first block seen gave up on a later one (a CI failure of the kill -9 loop).
+        let mut first_seen_expiry: std::collections::HashMap<u16, i64> = std::collections::HashMap::new();
         let held = loop {
             let acquiring = leases.clone();
             let outcome =
@@ -107,8 +109,10 @@ impl Node {
             match outcome {
                 Ok(held) => break held,
                 Err(LeaseError::Held {
-                    owner, expires_at_ms, ..
-                }) if now_ms() < *give_up_at_ms.get_or_insert(expires_at_ms + LEASE_SKEW_MS) => {
+                    block,
+                    owner,
+                    expires_at_ms,
+                }) if now_ms() < *first_seen_expiry.entry(block).or_insert(expires_at_ms) + LEASE_SKEW_MS => {
                     tracing::warn!(holder = %owner, "slots leased to another process; waiting for its lease to expire");
                     std::thread::sleep(Duration::from_secs(1));
                 }
