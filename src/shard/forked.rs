@@ -128,7 +128,7 @@ fn child(
     // `cpus` is a valid cpu_set_t.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        // The shard thread may have ended before the line above took effect.
+        // The parent may have died before the line above took effect.
         if libc::getppid() != parent {
             libc::_exit(2);
         }
@@ -139,7 +139,14 @@ fn child(
         if report != REPORT {
             libc::dup2(report, REPORT);
         }
-        libc::close_range(REPORT as libc::c_uint + 1, libc::c_uint::MAX, 0);
+        if libc::close_range(REPORT as libc::c_uint + 1, libc::c_uint::MAX, 0) != 0 {
+            // Before Linux 5.9: one by one, up to the descriptor limit.
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            for fd in REPORT + 1..limit.rlim_cur.min(1 << 20) as libc::c_int {
+                libc::close(fd);
+            }
+        }
         if let Some(cpus) = cpus {
             libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), cpus);
         }
