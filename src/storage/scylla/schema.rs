@@ -270,11 +270,19 @@ async fn current_replication(
     Ok(row.map(|(replication,)| replication))
 }
 
-async fn run(session: &Session, statement: &str) -> Result<(), DbError> {
+/// How long a schema change may take. Longer than `scylla.request_timeout_ms`: the coordinator
+/// answers only once the cluster agrees on the new schema, which takes seconds on a busy node (a
+/// `CREATE KEYSPACE` exceeded 5 s in CI while other tests loaded the node). Every statement here
+/// is idempotent, so a migration that timed out can simply be run again.
+const SCHEMA_CHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn run(session: &Session, text: &str) -> Result<(), DbError> {
+    let mut statement = scylla::statement::Statement::new(text);
+    statement.set_request_timeout(Some(SCHEMA_CHANGE_TIMEOUT));
     session
         .query_unpaged(statement, ())
         .await
-        .map_err(|error| DbError::new(statement.to_string(), error))?;
+        .map_err(|error| DbError::new(text.to_string(), error))?;
     Ok(())
 }
 
