@@ -11,10 +11,11 @@
 //! and asks the shard for its state as of now ([`Capture`]). The shard writes it to a temporary
 //! file while batches go on (the real shard from a forked child process, so that encoding a large
 //! state does not stop it); once that file and the frames it covers are durable, the writer
-//! renames it into place ([`Disk::publish`]) and removes the segments it covers. A write or sync error is final:
-//! the journal fails, nothing more is acknowledged, and [`Writer::run`] returns the error for the
-//! shard to stop the process (recovery starts from what is on disk; a failed sync is never
-//! retried, since the kernel may have dropped the dirty pages).
+//! renames it into place ([`Disk::publish`]) and removes the segments it covers.
+//!
+//! A write or sync error is final: the journal fails, nothing more is acknowledged, and
+//! [`Writer::run`] returns the error for the shard to stop the process (recovery starts from what
+//! is on disk; a failed sync is never retried, since the kernel may have dropped the dirty pages).
 
 use std::future::Future;
 use std::io;
